@@ -1,0 +1,94 @@
+"""What a running task may ask for: who it is, whether it was cancelled, and a way to report progress.
+
+Declare a parameter annotated ``Context`` and the worker passes one in; it is never part of the
+payload. It works the same in ``async def``, ``def`` (thread) and ``cpu=True`` (process) tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+__all__ = ["Context"]
+
+Reporter = Callable[[float, str], Awaitable[Any]]
+
+
+class _Sent:
+    """The handle ``progress()`` returns: already sent; ``await`` it to wait until it is stored."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self, task: asyncio.Future[Any] | None) -> None:
+        self._task = task
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._task is not None:
+            yield from self._task.__await__()
+
+
+class Context:
+    """The running attempt of one job, as its task sees it."""
+
+    __slots__ = ("_cancelled", "_loop", "_report", "attempt", "job_id", "queue", "task")
+
+    def __init__(
+        self, *, job_id: str, task: str, queue: str, attempt: int,
+        report: Reporter | Callable[[float, str], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.queue = queue
+        self.attempt = attempt  # 1 for the first attempt
+        self._report = report
+        self._loop = loop
+        self._cancelled = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<Context job={self.job_id} task={self.task} attempt={self.attempt}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled or timed out: a ``def`` task should return soon."""
+        return self._cancelled.is_set()
+
+    def _cancel(self) -> None:
+        self._cancelled.set()
+
+    def progress(self, fraction: float, message: str = "") -> _Sent:
+        """Report progress (``fraction`` from 0 to 1) to whoever watches the job.
+
+        In ``async def`` code ``await`` it; in ``def`` code just call it (it returns once stored).
+        """
+        if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
+            raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+        report = self._report
+        if report is None:
+            return _Sent(None)
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            out = report(float(fraction), str(message))
+            if out is None:
+                return _Sent(None)
+            return _Sent(asyncio.ensure_future(out))
+        # another thread: hand the report to the worker's loop and wait until it is stored
+        coro = report(float(fraction), str(message))
+        if coro is not None:
+            fut = asyncio.run_coroutine_threadsafe(_awaited(coro), loop)
+            try:
+                fut.result(timeout=30)
+            except Exception:  # a lost report must not fail the task; the worker logs it
+                pass
+        return _Sent(None)
+
+
+async def _awaited(aw: Awaitable[Any]) -> Any:
+    return await aw

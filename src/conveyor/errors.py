@@ -1,0 +1,126 @@
+"""Every error conveyor raises, in one tree.
+
+```
+ConveyorError
+├── ConfigError              bad URL, unknown setting, task registered twice
+├── BackendError             the storage engine failed (driver error as __cause__)
+├── JobNotFound              no job with that id
+├── EnqueueError             the job was rejected at enqueue; nothing was written
+│   ├── ArgumentError        arguments do not match the task's signature or types
+│   ├── NotSerializable      a value is not JSON (set, bytes, NaN, a DB session, ...)
+│   ├── PayloadTooLarge      the encoded arguments exceed the size cap
+│   └── UnknownTask          no task of that name is registered
+└── JobError                 the outcome of a job, raised by Job.result()
+    ├── JobFailed            the job failed (or is dead); `.error` holds type, message, traceback
+    ├── JobCancelled         the job was cancelled
+    └── JobTimeout           waiting for the result took longer than asked
+```
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ArgumentError",
+    "BackendError",
+    "ConfigError",
+    "ConveyorError",
+    "EnqueueError",
+    "JobCancelled",
+    "JobError",
+    "JobFailed",
+    "JobNotFound",
+    "JobTimeout",
+    "NotSerializable",
+    "PayloadTooLarge",
+    "UnknownTask",
+]
+
+
+class ConveyorError(Exception):
+    """A conveyor error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(ConveyorError):
+    """The configuration is invalid."""
+
+
+class BackendError(ConveyorError):
+    """The storage backend failed."""
+
+
+class JobNotFound(ConveyorError):
+    """No job has that id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class EnqueueError(ConveyorError):
+    """The job was rejected at enqueue; nothing was written."""
+
+
+class ArgumentError(EnqueueError):
+    """The arguments do not match the task's signature."""
+
+
+class NotSerializable(EnqueueError):
+    """A value cannot be stored as JSON."""
+
+
+class PayloadTooLarge(EnqueueError):
+    """The encoded arguments are larger than the size cap."""
+
+
+class UnknownTask(EnqueueError):
+    """No task of that name is registered."""
+
+
+class JobError(ConveyorError):
+    """The job did not produce a result."""
+
+    def __init__(self, message: str | None = None, *, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailed(JobError):
+    """The job failed."""
+
+    def __init__(
+        self, message: str | None = None, *, job_id: str | None = None,
+        error: dict[str, Any] | None = None, status: str = "failed",
+    ) -> None:
+        super().__init__(message, job_id=job_id)
+        self.error: dict[str, Any] = error or {}
+        self.status = status
+
+    @property
+    def type(self) -> str:
+        """The stored exception type, e.g. ``"ValueError"``."""
+        return str(self.error.get("type", ""))
+
+    @property
+    def traceback(self) -> str:
+        """The stored traceback text."""
+        return str(self.error.get("traceback", ""))
+
+
+class JobCancelled(JobError):
+    """The job was cancelled."""
+
+
+class JobTimeout(JobError):
+    """The job did not finish within the time waited for it."""

@@ -1,0 +1,181 @@
+"""Queue: the task registry, its backend and settings, and the way into everything else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
+
+from conveyor.backends import open_backend
+from conveyor.backends.base import Backend, JobFilter
+from conveyor.errors import ConfigError, UnknownTask
+from conveyor.job import Job
+from conveyor.model import JobRecord, JobStatus
+from conveyor.retry import Retry, seconds
+from conveyor.settings import Settings, url_from_env
+from conveyor.task import Prepared, Task
+
+if TYPE_CHECKING:
+    from conveyor.worker import Worker
+
+__all__ = ["Queue"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+class Queue:
+    """A named queue on a backend, with its tasks.
+
+    ``url`` picks the engine: ``memory://``, ``sqlite:///path.db`` (the default, from
+    ``$CONVEYOR_URL`` when set), ``redis://...``, ``postgresql://...``. Nothing connects until the
+    queue is first used or opened (``async with queue:``).
+    """
+
+    def __init__(
+        self, url: str | None = None, *, name: str = "default", settings: Settings | None = None
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise ConfigError("a queue needs a non-empty name")
+        self.url = url or url_from_env()
+        self.name = name
+        self.settings = settings or Settings()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.backend: Backend = open_backend(self.url)
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} {self.backend.safe_url}>"
+
+    # -- registry --------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, *, name: str | None = None, retries: Retry | int | None = None,
+        timeout: float | timedelta | None = None, cpu: bool = False, key: str | None = None,
+        priority: int = 0, supersede: bool = False,
+    ) -> _Decorator: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+        retries: Retry | int | None = None, timeout: float | timedelta | None = None,
+        cpu: bool = False, key: str | None = None, priority: int = 0, supersede: bool = False,
+    ) -> Any:
+        """Register a function as a task: ``@queue.task`` or ``@queue.task(retries=..., ...)``.
+
+        ``async def`` runs on the worker's event loop, ``def`` in a thread pool, and ``cpu=True``
+        (a module-level ``def``) in a process pool. ``key`` is a literal or a template over the
+        arguments (``"match:{match_id}"``): jobs with the same key run one at a time, in order.
+        """
+        policy = Retry.of(retries)
+        limit = seconds(timeout, "timeout")
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f.__qualname__
+            if task_name in self.tasks:
+                raise ConfigError(
+                    f"a task named {task_name!r} is already registered on queue {self.name!r}; "
+                    "pass name= to tell them apart"
+                )
+            task: Task[Any, Any] = Task(
+                self, f, name=task_name, retries=policy, timeout=limit, cpu=cpu, key=key,
+                priority=priority, supersede=supersede,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register if fn is None else register(fn)
+
+    def job(self, job_id: str) -> Job[Any]:
+        """A handle on the job with this id (nothing is looked up yet)."""
+        return Job(self, job_id)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect the backend (and create its schema). Called for you on first use."""
+        if self._opened:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self.backend.open()
+                self._opened = True
+
+    async def close(self) -> None:
+        """Disconnect the backend."""
+        if self._opened:
+            self._opened = False
+            await self.backend.close()
+
+    async def __aenter__(self) -> Queue:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _backend(self) -> Backend:
+        if not self._opened:
+            await self.open()
+        return self.backend
+
+    def _backend_notify(self, queue: str) -> None:
+        self.backend.notify_local([queue])
+
+    # -- jobs ------------------------------------------------------------------------------
+    async def enqueue_many(self, prepared: Sequence[Prepared[Any]]) -> list[Job[Any]]:
+        """Store many validated jobs in one round trip (all or nothing); return their handles.
+
+        Build each with ``task.prepare(...)`` or ``task.options(...).prepare(...)``.
+        """
+        for item in prepared:
+            if item.task.queue is not self and self.tasks.get(item.task.name) is not item.task:
+                raise UnknownTask(f"task {item.task.name!r} is not registered on queue {self.name!r}")
+        if not prepared:
+            return []
+        backend = await self._backend()
+        stored = await backend.enqueue([p.record for p in prepared])
+        backend.notify_local(sorted({p.record.queue for p in prepared}))
+        return [Job(self, rec.id, p.task) for rec, p in zip(stored, prepared, strict=True)]
+
+    async def list_jobs(
+        self, *, status: JobStatus | str | None = None, task: str | None = None,
+        limit: int = 50, offset: int = 0, all_queues: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs of this queue, newest first."""
+        backend = await self._backend()
+        return await backend.list_jobs(JobFilter(
+            queue=None if all_queues else self.name,
+            status=JobStatus(status) if status is not None else None,
+            task=task, limit=limit, offset=offset,
+        ))
+
+    async def stats(self) -> dict[str, int]:
+        """How many jobs of this queue are in each status."""
+        return await (await self._backend()).stats(self.name)
+
+    # -- running ---------------------------------------------------------------------------
+    def worker(
+        self, *, concurrency: int = 10, queues: Sequence[str] | None = None,
+        grace: float | None = None, lease: float | None = None, processes: int | None = None,
+    ) -> Worker:
+        """A worker for this queue's tasks: ``async with queue.worker(concurrency=10): ...``."""
+        from conveyor.worker import Worker
+
+        return Worker(
+            self, concurrency=concurrency, queues=list(queues or [self.name]), grace=grace,
+            lease=lease, processes=processes,
+        )

@@ -1,0 +1,260 @@
+"""Arguments and results to JSON and back, checked against the task's signature with pydantic.
+
+No pickle anywhere: a stored payload is data, never code. Parameters annotated with
+:class:`~conveyor.context.Context` (and FastAPI dependencies) are injected by the worker, so they
+are not part of the payload.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import traceback
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pydantic
+from pydantic import ConfigDict, TypeAdapter
+
+from conveyor.errors import ArgumentError, NotSerializable, PayloadTooLarge
+from conveyor.model import ErrorInfo
+
+__all__ = ["TaskSignature", "check_json", "encoded_size", "error_info"]
+
+_STRICT = ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=False)
+_JSON_LEAVES = (str, int, float, bool, type(None))
+_HINTS = {
+    "set": "a list",
+    "frozenset": "a list",
+    "bytes": "a str (base64 or text) or a path to the data",
+    "bytearray": "a str (base64 or text)",
+    "datetime": "an ISO 8601 str, or annotate the parameter as datetime",
+}
+
+
+def _hint(value: object) -> str:
+    name = type(value).__name__
+    if name in _HINTS:
+        return f"pass {_HINTS[name]} instead"
+    return (
+        "pass plain data instead (an id, a str, a dict): a task must not receive live objects "
+        "such as a database session or a request; load them inside the task"
+    )
+
+
+def check_json(value: Any, where: str) -> None:
+    """Raise :class:`NotSerializable` unless ``value`` is plain, finite JSON."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotSerializable(f"{where} is {value!r}: JSON has no NaN or Infinity")
+        return
+    if isinstance(value, _JSON_LEAVES):
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_json(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise NotSerializable(f"{where} has a {type(k).__name__} key {k!r}: JSON keys are str")
+            check_json(item, f"{where}[{k!r}]")
+        return
+    raise NotSerializable(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which is not JSON: "
+        f"{_hint(value)}"
+    )
+
+
+def _reject_nonfinite(value: Any, where: str) -> None:
+    """Walk containers for NaN/Infinity, which pydantic would quietly turn into null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NotSerializable(f"{where} is {value!r}: JSON has no NaN or Infinity")
+    if isinstance(value, list | tuple | set | frozenset):
+        for i, item in enumerate(value):
+            _reject_nonfinite(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _reject_nonfinite(item, f"{where}[{k!r}]")
+
+
+def encoded_size(args: list[Any], kwargs: dict[str, Any]) -> int:
+    """Bytes of the stored JSON payload."""
+    return len(json.dumps([args, kwargs], separators=(",", ":")).encode())
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    """A pydantic adapter for a parameter's annotation; None where anything JSON goes."""
+    if annotation is inspect.Parameter.empty or annotation is Any or annotation is object:
+        return None
+    try:
+        return TypeAdapter(annotation, config=_STRICT)
+    except pydantic.PydanticUserError:
+        # models, dataclasses and TypedDicts carry their own config
+        return TypeAdapter(annotation)
+
+
+def _is_dependency(obj: object) -> bool:
+    """A FastAPI ``Depends(...)`` marker, recognised without importing FastAPI."""
+    return hasattr(obj, "dependency") and type(obj).__name__ in ("Depends", "Security")
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Type, message and traceback of an exception, for storage."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return {
+        "type": name,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class TaskSignature:
+    """What a task accepts: validates enqueue arguments and rebuilds them in the worker."""
+
+    def __init__(self, fn: Callable[..., Any], *, context_type: type) -> None:
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        sig = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except Exception:  # an unresolvable forward reference: fall back to raw annotations
+            hints = {p.name: p.annotation for p in sig.parameters.values()}
+        self.context_params: list[str] = []
+        self.dependency_params: dict[str, Any] = {}
+        payload: list[inspect.Parameter] = []
+        self.adapters: dict[str, TypeAdapter[Any] | None] = {}
+        self.var_kinds: dict[str, inspect._ParameterKind] = {}
+        for param in sig.parameters.values():
+            annotation = hints.get(param.name, param.annotation)
+            base, extras = annotation, ()
+            if typing.get_origin(annotation) is typing.Annotated:
+                base, *rest = typing.get_args(annotation)
+                extras = tuple(rest)
+            if base is context_type:
+                self.context_params.append(param.name)
+                continue
+            dep = next((e for e in extras if _is_dependency(e)), None)
+            if dep is None and _is_dependency(param.default):
+                dep = param.default
+            if dep is not None:
+                self.dependency_params[param.name] = dep
+                continue
+            payload.append(param)
+            self.adapters[param.name] = _adapter(annotation)
+            self.var_kinds[param.name] = param.kind
+        self.signature = sig.replace(parameters=payload)
+        ret = hints.get("return", sig.return_annotation)
+        self.return_adapter = None if ret in (None, type(None)) else _adapter(ret)
+
+    # -- enqueue side ----------------------------------------------------------------------
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
+        """Match arguments to parameters, or raise :class:`ArgumentError`."""
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentError(f"{self.name}(): {exc}") from None
+
+    def arguments(self, bound: inspect.BoundArguments) -> dict[str, Any]:
+        """All arguments by name, defaults included (for key templates)."""
+        full = self.signature.bind(*bound.args, **bound.kwargs)
+        full.apply_defaults()
+        return dict(full.arguments)
+
+    def encode(
+        self, bound: inspect.BoundArguments, max_bytes: int
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Validate bound arguments and turn them into JSON-ready ``(args, kwargs)``."""
+        encoded: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = self.var_kinds[name]
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                encoded[name] = [self._encode_one(f"{name}[{i}]", name, v) for i, v in enumerate(value)]
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                encoded[name] = {k: self._encode_one(k, name, v) for k, v in value.items()}
+            else:
+                encoded[name] = self._encode_one(name, name, value)
+        rebound = inspect.BoundArguments(self.signature, encoded)  # type: ignore[arg-type]
+        args, kwargs = list(rebound.args), dict(rebound.kwargs)
+        size = encoded_size(args, kwargs)
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"{self.name}(): the arguments are {size} bytes as JSON, over the {max_bytes}-byte "
+                "cap: store the data elsewhere (a file, a table) and pass its id"
+            )
+        return args, kwargs
+
+    def _encode_one(self, where: str, param: str, value: Any) -> Any:
+        adapter = self.adapters[param]
+        label = f"{self.name}() argument {where!r}"
+        if adapter is None:
+            check_json(value, label)
+            return value
+        _reject_nonfinite(value, label)
+        try:
+            validated = adapter.validate_python(value)
+            out = adapter.dump_python(validated, mode="json")
+        except pydantic.ValidationError as exc:
+            raise ArgumentError(f"{label}: {_short(exc)}") from None
+        except pydantic.PydanticSerializationError as exc:
+            raise NotSerializable(f"{label} cannot be stored as JSON: {exc}; {_hint(value)}") from None
+        check_json(out, label)
+        return out
+
+    # -- worker side -----------------------------------------------------------------------
+    def decode(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Rebuild the Python arguments from a stored payload, or raise :class:`ArgumentError`."""
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ArgumentError(f"{self.name}(): stored payload is malformed (args/kwargs)")
+        bound = self.bind(tuple(args), kwargs)
+        out: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            adapter = self.adapters[name]
+            if adapter is None:
+                out[name] = value
+                continue
+            kind = self.var_kinds[name]
+            try:
+                if kind is inspect.Parameter.VAR_POSITIONAL:
+                    out[name] = tuple(adapter.validate_python(v) for v in value)
+                elif kind is inspect.Parameter.VAR_KEYWORD:
+                    out[name] = {k: adapter.validate_python(v) for k, v in value.items()}
+                else:
+                    out[name] = adapter.validate_python(value)
+            except pydantic.ValidationError as exc:
+                raise ArgumentError(f"{self.name}() stored argument {name!r}: {_short(exc)}") from None
+        rebound = inspect.BoundArguments(self.signature, out)  # type: ignore[arg-type]
+        return list(rebound.args), dict(rebound.kwargs)
+
+    def encode_result(self, value: Any) -> Any:
+        """The task's return value as JSON, or raise :class:`NotSerializable`."""
+        label = f"{self.name}() return value"
+        if self.return_adapter is None:
+            check_json(value, label)
+            return value
+        _reject_nonfinite(value, label)
+        try:
+            out = self.return_adapter.dump_python(value, mode="json")
+        except pydantic.PydanticSerializationError as exc:
+            raise NotSerializable(f"{label} cannot be stored as JSON: {exc}") from None
+        check_json(out, label)
+        return out
+
+    def decode_result(self, value: Any) -> Any:
+        """A stored result, validated back into the return annotation where there is one."""
+        if self.return_adapter is None or value is None:
+            return value
+        try:
+            return self.return_adapter.validate_python(value)
+        except pydantic.ValidationError:
+            return value
+
+
+def _short(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc + ': ' if loc else ''}{err['msg']}")
+    return "; ".join(parts)

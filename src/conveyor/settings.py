@@ -1,0 +1,48 @@
+"""Typed settings, and the one place conveyor reads the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from conveyor.errors import ConfigError
+
+__all__ = ["DEFAULT_URL", "Settings", "url_from_env"]
+
+DEFAULT_URL = "sqlite:///./conveyor.db"
+
+
+def url_from_env() -> str:
+    """``$CONVEYOR_URL``, else the embedded SQLite default."""
+    return os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """How a queue and its workers behave. Durations in seconds.
+
+    Unknown keys are a ``TypeError`` at construction, so a typo never goes unnoticed.
+    """
+
+    #: how long a claimed job stays with its worker without a heartbeat before it is put back
+    lease: float = 30.0
+    #: on shutdown, how long running jobs may take to finish before they are released
+    grace: float = 30.0
+    #: largest encoded arguments payload accepted by enqueue, in bytes
+    max_payload: int = 1 << 20
+    #: how often a worker looks for expired leases of crashed workers
+    recover_interval: float = 5.0
+    #: how often a worker asks whether its running jobs were cancelled
+    cancel_poll: float = 0.2
+    #: an event loop stalled longer than this is reported, with the task that blocked it
+    loop_lag_warning: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("lease", "grace", "recover_interval", "cancel_poll", "loop_lag_warning"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"Settings.{name} must be a positive number of seconds")
+        if self.lease < 1.0:
+            raise ConfigError("Settings.lease must be at least 1 second")
+        if not isinstance(self.max_payload, int) or self.max_payload <= 0:
+            raise ConfigError("Settings.max_payload must be a positive number of bytes")

@@ -1,0 +1,179 @@
+"""A registered task, its per-call options, and enqueueing."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.context import Context
+from conveyor.errors import ArgumentError, ConfigError
+from conveyor.model import JobRecord, new_id, utcnow
+from conveyor.retry import Retry, seconds
+from conveyor.serde import TaskSignature
+
+if TYPE_CHECKING:
+    from conveyor.job import Job
+    from conveyor.queue import Queue
+
+__all__ = ["Options", "Prepared", "Task", "TaskCall"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-call job options (``task.options(...)``); None means "the task's default"."""
+
+    delay: float | None = None
+    at: datetime | None = None
+    priority: int | None = None
+    key: str | None = None
+    unique: str | None = None
+    supersede: bool | None = None
+    timeout: float | None = None
+    retries: Retry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared(Generic[R]):
+    """A validated job, ready for ``queue.enqueue_many``."""
+
+    task: Task[Any, R]
+    record: JobRecord
+
+
+def _key_fields(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+
+
+class Task(Generic[P, R]):
+    """A function registered on a queue. Calling it runs it here and now; ``enqueue`` defers it."""
+
+    def __init__(
+        self, queue: Queue, fn: Callable[P, Any], *, name: str, retries: Retry | None,
+        timeout: float | None, cpu: bool, key: str | None, priority: int, supersede: bool,
+    ) -> None:
+        self.queue = queue
+        self.fn = fn
+        self.name = name
+        self.retry = retries or Retry()
+        self.timeout = timeout
+        self.cpu = cpu
+        self.key = key
+        self.priority = priority
+        self.supersede = supersede
+        self.is_async = inspect.iscoroutinefunction(fn)
+        if cpu and self.is_async:
+            raise ConfigError(f"task {name!r}: cpu=True needs a plain `def` (it runs in a process)")
+        self.signature = TaskSignature(fn, context_type=Context)
+        if key is not None:
+            self._check_key(key)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} queue={self.queue.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function directly, as if it were not a task."""
+        return self.fn(*args, **kwargs)
+
+    def _check_key(self, template: str) -> None:
+        names = set(self.signature.signature.parameters)
+        for field in _key_fields(template):
+            root = field.split(".")[0].split("[")[0]
+            if not root or root not in names:
+                raise ConfigError(
+                    f"task {self.name!r}: key template {template!r} names {field!r}, "
+                    f"which is not one of its parameters {sorted(names)}"
+                )
+
+    def options(
+        self, *, delay: float | timedelta | None = None, at: datetime | None = None,
+        priority: int | None = None, key: str | None = None, unique: str | None = None,
+        supersede: bool | None = None, timeout: float | timedelta | None = None,
+        retries: Retry | int | None = None,
+    ) -> TaskCall[P, R]:
+        """The same task with options for the next enqueue (delay, priority, key, unique, ...)."""
+        if delay is not None and at is not None:
+            raise ConfigError("give delay= or at=, not both")
+        if at is not None and at.tzinfo is None:
+            raise ConfigError("at= must be an aware datetime (e.g. datetime.now(UTC) + ...)")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ConfigError(f"priority must be an int, got {priority!r}")
+        t = seconds(timeout, "timeout")
+        if t == 0:
+            raise ConfigError("timeout must be more than 0 seconds")
+        return TaskCall(self, Options(
+            delay=seconds(delay, "delay"), at=at, priority=priority, key=key, unique=unique,
+            supersede=supersede, timeout=t, retries=Retry.of(retries),
+        ))
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
+        """Validate a call and build its job without storing it (see ``queue.enqueue_many``)."""
+        return TaskCall(self, Options()).prepare(*args, **kwargs)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Store a job that runs this task with these arguments; return its handle.
+
+        Raises an :class:`~conveyor.errors.EnqueueError` (and stores nothing) when the arguments do
+        not fit the signature, are not JSON, or are too large.
+        """
+        return await TaskCall(self, Options()).enqueue(*args, **kwargs)
+
+
+class TaskCall(Generic[P, R]):
+    """A task with options fixed for the next enqueue."""
+
+    __slots__ = ("opts", "task")
+
+    def __init__(self, task: Task[P, R], opts: Options) -> None:
+        self.task = task
+        self.opts = opts
+
+    def options(self, **changes: Any) -> TaskCall[P, R]:
+        """More options on top of these."""
+        merged = self.task.options(**changes)
+        fields = {f: getattr(merged.opts, f) for f in Options.__slots__ if getattr(merged.opts, f) is not None}
+        return TaskCall(self.task, replace(self.opts, **fields))
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
+        """Validate the call and build its job record."""
+        task, opts = self.task, self.opts
+        bound = task.signature.bind(args, kwargs)
+        enc_args, enc_kwargs = task.signature.encode(bound, task.queue.settings.max_payload)
+        key = opts.key if opts.key is not None else task.key
+        if key is not None and (opts.key is None or _key_fields(key)):
+            if opts.key is not None:
+                task._check_key(key)
+            try:
+                key = key.format(**task.signature.arguments(bound))
+            except (KeyError, IndexError, AttributeError) as exc:
+                raise ArgumentError(f"{task.name}(): cannot build key {key!r}: {exc}") from None
+        now = utcnow()
+        scheduled = opts.at.astimezone(UTC) if opts.at is not None else None
+        if opts.delay:
+            scheduled = now + timedelta(seconds=opts.delay)
+        retry = opts.retries
+        record = JobRecord(
+            id=new_id(), task=task.name, queue=task.queue.name, args=enc_args, kwargs=enc_kwargs,
+            priority=opts.priority if opts.priority is not None else task.priority,
+            key=key, unique=opts.unique,
+            max_attempts=(retry or task.retry).attempts,
+            timeout=opts.timeout if opts.timeout is not None else task.timeout,
+            enqueued_at=now, scheduled_for=scheduled,
+            retry=retry.to_dict() if retry is not None else None,
+            supersede=bool(opts.supersede if opts.supersede is not None else task.supersede),
+        )
+        return Prepared(task, record)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Store the job; return its handle."""
+        prepared = self.prepare(*args, **kwargs)
+        (job,) = await self.task.queue.enqueue_many([prepared])
+        return job

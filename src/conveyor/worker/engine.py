@@ -1,0 +1,478 @@
+"""The worker: claims jobs in batches, runs them on the right executor, and settles them.
+
+One engine serves the CLI (``conveyor worker``), ``async with queue.worker():`` and the FastAPI
+lifespan. It never decides storage questions (that is the backend's job) and never lets a task's
+failure, a malformed job or a backend hiccup end the claim loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import CodeType
+from typing import TYPE_CHECKING, Any, Literal
+
+from conveyor.backends.base import Ack, Lease
+from conveyor.context import Context
+from conveyor.errors import ArgumentError, ConfigError, NotSerializable, UnknownTask
+from conveyor.model import ErrorInfo, JobRecord, new_token, utcnow
+from conveyor.retry import Retry
+from conveyor.serde import error_info
+from conveyor.worker.procpool import ProcessPool, RemoteError
+from conveyor.worker.watchdog import LoopWatchdog
+
+if TYPE_CHECKING:
+    from conveyor.queue import Queue
+    from conveyor.task import Task
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("conveyor.worker")
+
+StopReason = Literal["cancel", "timeout", "shutdown", "lost"]
+# errors that another attempt cannot fix: the job fails at once, whatever its retry policy
+_PERMANENT = (UnknownTask, ArgumentError, NotSerializable)
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    record: JobRecord
+    lease: Lease
+    ctx: Context
+    task: asyncio.Task[None] | None = None
+    reason: StopReason | None = None
+    timer: asyncio.TimerHandle | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs the jobs of one or more named queues with at most ``concurrency`` at a time."""
+
+    def __init__(
+        self, queue: Queue, *, concurrency: int = 10, queues: Sequence[str] | None = None,
+        grace: float | None = None, lease: float | None = None, processes: int | None = None,
+        cpu_workers: int | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        self.queue = queue
+        self.concurrency = concurrency
+        self.queues = list(queues or [queue.name])
+        self.grace = grace if grace is not None else queue.settings.grace
+        self.lease = lease if lease is not None else queue.settings.lease
+        if self.lease < 0.1:
+            raise ConfigError("lease must be at least 0.1 seconds")
+        self.processes = processes
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[:6]}"
+        self.counts: Counter[str] = Counter()
+        self._running: dict[str, _Running] = {}
+        self._by_task: dict[asyncio.Task[None], _Running] = {}
+        self._acks: list[tuple[Ack, _Running]] = []
+        self._ack_ready = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="conveyor-job")
+        self._procs = ProcessPool(cpu_workers)
+        self._watchdog = LoopWatchdog(
+            queue.settings.loop_lag_warning, self._task_codes, self._current_job
+        )
+        self._started = False
+        self._shutdown: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} queues={self.queues} running={len(self._running)}>"
+
+    @property
+    def running(self) -> int:
+        """How many jobs are executing now."""
+        return len(self._running)
+
+    @property
+    def stalls(self) -> list[Any]:
+        """Event-loop stalls seen so far (see :class:`~conveyor.worker.watchdog.LoopStall`)."""
+        return list(self._watchdog.stalls)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the backend and start claiming in the background of this event loop."""
+        if self._started:
+            return
+        self._started = True
+        await self.queue.open()
+        self._watchdog.start()
+        for coro in (self._claim_loop(), self._ack_loop(), self._lease_loop(),
+                     self._cancel_loop(), self._recover_loop()):
+            self._loops.append(asyncio.create_task(coro))
+        log.info("worker %s started on %s (queues %s, concurrency %d)",
+                 self.id, self.queue.backend.safe_url, ",".join(self.queues), self.concurrency)
+
+    async def run(self) -> None:
+        """Start, then work until ``request_stop()``; then shut down gracefully."""
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask the worker to shut down (safe to call from a signal handler on the loop)."""
+        self._stopping.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running jobs finish within ``grace`` seconds; release the rest.
+
+        Released jobs go back to their queue without counting an attempt.
+        """
+        if not self._started:
+            return
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._shutdown)
+
+    async def _stop(self, grace: float | None) -> None:
+        self._stopping.set()
+        grace = self.grace if grace is None else grace
+        claim = self._loops[0]
+        with contextlib.suppress(asyncio.CancelledError):
+            await claim
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if tasks:
+            log.info("worker %s: waiting up to %.1f s for %d running job(s)", self.id, grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for run in list(self._running.values()):
+                if run.task in pending:
+                    self._interrupt(run, "shutdown")
+            if pending:
+                await asyncio.wait(pending, timeout=max(5.0, self.lease))
+        await self._flush_acks()
+        for loop_task in self._loops[1:]:
+            loop_task.cancel()
+        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        self._watchdog.stop()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._procs.close()
+        self._stopped.set()
+        log.info("worker %s stopped (%s)", self.id, dict(self.counts))
+
+    # -- the claim loop --------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        backend = self.queue.backend
+        backoff = 0.05
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._race(self._slot_free.wait())
+                continue
+            try:
+                records = await backend.claim(self.queues, self.id, free, self.lease)
+                backoff = 0.05
+            except Exception:
+                log.exception("worker %s: claim failed; trying again in %.2f s", self.id, backoff)
+                await self._race(asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for record in records:
+                self._launch(record)
+            if not records:
+                try:
+                    await self._race(backend.wait_for_jobs(self.queues, timeout=1.0))
+                except Exception:
+                    log.exception("worker %s: waiting for jobs failed", self.id)
+                    await self._race(asyncio.sleep(backoff))
+
+    async def _race(self, aw: Any) -> None:
+        """Await ``aw`` unless shutdown starts first."""
+        waiter = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, stop):
+                if not fut.done():
+                    fut.cancel()
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+                raise waiter.exception()  # type: ignore[misc]
+
+    def _launch(self, record: JobRecord) -> None:
+        assert record.lease_token is not None
+        lease = Lease(record.id, record.lease_token)
+        loop = asyncio.get_running_loop()
+        ctx = Context(
+            job_id=record.id, task=record.task, queue=record.queue, attempt=record.attempts,
+            report=self._reporter(lease), loop=loop,
+        )
+        run = _Running(record, lease, ctx)
+        self._running[record.id] = run
+        run.task = loop.create_task(self._execute(run), name=f"conveyor:{record.task}:{record.id}")
+        self._by_task[run.task] = run
+        if record.timeout:
+            run.timer = loop.call_later(record.timeout, self._interrupt, run, "timeout")
+
+    def _reporter(self, lease: Lease) -> Any:
+        backend = self.queue.backend
+
+        async def report(fraction: float, message: str) -> None:
+            if not await backend.progress(lease, fraction, message):
+                log.warning("job %s: progress not stored (lease lost)", lease.job_id)
+
+        return report
+
+    def _interrupt(self, run: _Running, reason: StopReason) -> None:
+        """Stop a running job: cancel its coroutine (kills a process, abandons a thread)."""
+        if run.reason is not None or run.task is None or run.task.done():
+            return
+        run.reason = reason
+        run.ctx._cancel()
+        run.task.cancel()
+
+    # -- running one job -------------------------------------------------------------------
+    async def _execute(self, run: _Running) -> None:
+        record = run.record
+        task = self.queue.tasks.get(record.task)
+        try:
+            try:
+                value = await self._call(task, run)
+            except asyncio.CancelledError:
+                if run.reason is None:
+                    raise
+                await self._stopped_early(run, task)
+                return
+            except BaseException as exc:
+                if run.reason is not None:
+                    # the task turned our cancellation into something else; honour the cancel
+                    await self._stopped_early(run, task)
+                    return
+                if not isinstance(exc, Exception):
+                    raise
+                await self._failed(run, task, exc)
+                return
+            if run.reason is not None:
+                await self._stopped_early(run, task)
+                return
+            self.counts["succeeded"] += 1
+            self._acks.append((Ack(record.id, run.lease.token, value), run))
+            self._ack_ready.set()
+        finally:
+            if run.timer is not None:
+                run.timer.cancel()
+            self._running.pop(record.id, None)
+            if run.task is not None:
+                self._by_task.pop(run.task, None)
+            self._slot_free.set()
+
+    async def _call(self, task: Task[Any, Any] | None, run: _Running) -> Any:
+        record = run.record
+        if task is None:
+            raise UnknownTask(
+                f"no task named {record.task!r} is registered on this worker's queue "
+                f"(known: {sorted(self.queue.tasks)})"
+            )
+        if task.cpu:
+            try:
+                return await self._procs.run(task, record, run.ctx._report)
+            except RemoteError as exc:
+                raise _Remote(exc.info) from None
+        args, kwargs = task.signature.decode(record.args, record.kwargs)
+        for name in task.signature.context_params:
+            kwargs[name] = run.ctx
+        if task.is_async:
+            result = await task.fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._threads, lambda: task.fn(*args, **kwargs))
+        return task.signature.encode_result(result)
+
+    async def _failed(self, run: _Running, task: Task[Any, Any] | None, exc: Exception) -> None:
+        record = run.record
+        error = exc.info if isinstance(exc, _Remote) else error_info(exc)
+        policy = self._policy(record, task)
+        attempts_left = record.attempts < record.max_attempts and not isinstance(exc, _PERMANENT)
+        backend = self.queue.backend
+        if attempts_left:
+            delay = policy.delay(record.attempts)
+            retry_at = utcnow() + timedelta(seconds=delay)
+            self.counts["retried"] += 1
+            log.warning("job %s (%s) attempt %d/%d failed, retrying in %.2f s: %s: %s",
+                        record.id, record.task, record.attempts, record.max_attempts, delay,
+                        error["type"], error["message"])
+            ok = await self._settle(lambda: backend.fail(run.lease, error, retry_at=retry_at))
+        else:
+            dead = record.max_attempts > 1
+            self.counts["dead" if dead else "failed"] += 1
+            log.error("job %s (%s) %s after %d attempt(s): %s: %s\n%s",
+                      record.id, record.task, "dead" if dead else "failed", record.attempts,
+                      error["type"], error["message"], error["traceback"])
+            ok = await self._settle(
+                lambda: backend.fail(run.lease, error, retry_at=None, dead=dead)
+            )
+        if not ok:
+            log.warning("job %s: failure not stored, the lease was lost", record.id)
+
+    async def _stopped_early(self, run: _Running, task: Task[Any, Any] | None) -> None:
+        record, backend = run.record, self.queue.backend
+        if run.reason == "shutdown":
+            self.counts["released"] += 1
+            await self._settle(lambda: backend.release([run.lease]))
+        elif run.reason == "cancel":
+            self.counts["cancelled"] += 1
+            log.info("job %s (%s) cancelled while running", record.id, record.task)
+            await self._settle(lambda: backend.cancel(record.id, lease=run.lease))
+        elif run.reason == "timeout":
+            await self._failed(run, task, TimeoutError(
+                f"{record.task} did not finish within its {record.timeout} s timeout"
+            ))
+        else:  # lost: another worker owns the job now; leave it alone
+            self.counts["lost"] += 1
+
+    @staticmethod
+    def _policy(record: JobRecord, task: Task[Any, Any] | None) -> Retry:
+        if record.retry:
+            return Retry.from_dict(record.retry)
+        if task is not None:
+            return task.retry
+        return Retry(attempts=max(1, record.max_attempts))
+
+    async def _settle(self, make: Callable[[], Awaitable[Any]]) -> bool:
+        """Apply a transition, retrying through backend errors; True if it took effect.
+
+        If the backend stays unreachable the job is left running: its lease expires and another
+        worker puts it back (at-least-once), so giving up here loses nothing.
+        """
+        delay = 0.05
+        for attempt in range(8):
+            try:
+                out = await make()
+            except Exception:
+                if attempt == 7:
+                    log.exception("giving up on a job transition; its lease will bring it back")
+                    return False
+                log.warning("job transition failed, retrying in %.2f s", delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if isinstance(out, list):
+                return all(out)
+            return out is not None and out is not False
+        return False
+
+    # -- background loops ------------------------------------------------------------------
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_ready.wait()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            self._ack_ready.clear()
+            delay = 0.05
+            while True:
+                try:
+                    results = await self.queue.backend.complete([ack for ack, _ in batch])
+                    break
+                except Exception:
+                    log.warning("storing %d result(s) failed; retrying in %.2f s",
+                                len(batch), delay, exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for ok, (ack, _) in zip(results, batch, strict=True):
+                if not ok:
+                    self.counts["lost"] += 1
+                    log.warning("job %s: result not stored, the lease was lost", ack.job_id)
+
+    async def _lease_loop(self) -> None:
+        backend = self.queue.backend
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            held = [r.lease for r in self._running.values()] + [a for a in self._pending_leases()]
+            if not held:
+                continue
+            try:
+                result = await backend.renew(held, self.lease)
+            except Exception:
+                log.warning("renewing leases failed", exc_info=True)
+                continue
+            for job_id in result.lost:
+                run = self._running.get(job_id)
+                if run is not None:
+                    log.warning("job %s: lease lost; another worker may run it", job_id)
+                    self._interrupt(run, "lost")
+            for job_id in result.cancel_requested:
+                run = self._running.get(job_id)
+                if run is not None:
+                    self._interrupt(run, "cancel")
+
+    def _pending_leases(self) -> list[Lease]:
+        return [Lease(ack.job_id, ack.token) for ack, _ in self._acks]
+
+    async def _cancel_loop(self) -> None:
+        backend = self.queue.backend
+        interval = self.queue.settings.cancel_poll
+        while True:
+            await asyncio.sleep(interval)
+            if not self._running:
+                continue
+            try:
+                wanted = await backend.cancel_requested(list(self._running))
+            except Exception:
+                log.warning("checking for cancelled jobs failed", exc_info=True)
+                continue
+            for job_id in wanted:
+                run = self._running.get(job_id)
+                if run is not None:
+                    self._interrupt(run, "cancel")
+
+    async def _recover_loop(self) -> None:
+        backend = self.queue.backend
+        interval = min(self.queue.settings.recover_interval, self.lease)
+        while True:
+            try:
+                recovered = await backend.recover()
+                if recovered:
+                    self.counts["recovered"] += len(recovered)
+                    log.warning("put back %d job(s) whose worker stopped renewing: %s",
+                                len(recovered), ", ".join(recovered[:10]))
+            except Exception:
+                log.warning("recovering expired leases failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+    # -- watchdog hooks (called from the watchdog thread) ------------------------------------
+    def _task_codes(self) -> dict[CodeType, str]:
+        return {
+            t.fn.__code__: name for name, t in list(self.queue.tasks.items())
+            if t.is_async and hasattr(t.fn, "__code__")
+        }
+
+    def _current_job(self) -> str | None:
+        loop = self._watchdog._loop
+        current = asyncio.current_task(loop) if loop is not None else None
+        run = self._by_task.get(current) if current is not None else None  # type: ignore[arg-type]
+        return run.record.id if run is not None else None
+
+
+class _Remote(Exception):
+    """A failure reported by a cpu=True child, carrying its stored form."""
+
+    def __init__(self, info: dict[str, str]) -> None:
+        super().__init__(info.get("message", ""))
+        self.info: ErrorInfo = {
+            "type": info.get("type", "Exception"), "message": info.get("message", ""),
+            "traceback": info.get("traceback", ""),
+        }

@@ -1,0 +1,1 @@
+"""The shared conformance suite: every behaviour ARCHITECTURE.md guarantees, on every backend."""

@@ -1,0 +1,148 @@
+"""Shared fixtures: one fresh, isolated queue per test on every backend, and a deadline poller.
+
+Backends are listed in ``BACKENDS``: a name and a factory that returns the URL of a fresh, empty
+store for one test. Adding Redis or PostgreSQL is one factory, for example::
+
+    def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        base = require_server("CONVEYOR_TEST_REDIS_URL", "redis://localhost:6379/0")
+        return f"{base}?prefix=test-{uuid.uuid4().hex}"   # own key prefix per test
+
+    BACKENDS["redis"] = _redis
+
+A backend that needs a server skips the test, loudly, when the server is not reachable, except
+when ``CI=true``: there a missing server fails the test instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+
+try:  # the package may not be installed into the venv yet; test the source tree then
+    import conveyor  # noqa: F401
+except ImportError:  # pragma: no cover - depends on how the venv was made
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+if TYPE_CHECKING:
+    from conveyor import Queue
+
+IN_CI = os.environ.get("CI", "").strip().lower() == "true"
+
+#: seconds a conformance test may take before pytest-timeout stops it
+CONFORMANCE_TIMEOUT = 30
+
+BackendFactory = Callable[[pytest.FixtureRequest, Path], str]
+
+
+def require_server(env_var: str, default_url: str) -> str:
+    """Return the server URL from ``env_var`` (else ``default_url``) if something listens there.
+
+    Skip the test when nothing answers, or fail it when running in CI (``CI=true``).
+    """
+    url = os.environ.get(env_var, default_url)
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port
+    try:
+        with socket.create_connection((host, port or 0), timeout=0.5):
+            pass
+    except OSError as exc:
+        reason = (
+            f"!!! backend server not reachable at {host}:{port} ({exc}); "
+            f"set {env_var} to test this backend !!!"
+        )
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    return url
+
+
+def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://"
+
+
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'conveyor.db'}"
+
+
+#: every backend the conformance suite runs against; add a server backend with one factory
+BACKENDS: dict[str, BackendFactory] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def make_queue(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[..., Queue]]:
+    """A factory ``make_queue(name="default") -> Queue`` on a fresh store; closes them all after.
+
+    Every queue made in one test points at the same store URL (one SQLite file per test).
+    """
+    from conveyor import Queue  # imported here so a broken package fails tests, not collection
+
+    url = BACKENDS[request.param](request, tmp_path)
+    made: list[Queue] = []
+
+    def make(name: str = "default") -> Queue:
+        q = Queue(url, name=name)
+        made.append(q)
+        return q
+
+    yield make
+    for q in reversed(made):
+        await q.close()
+
+
+@pytest.fixture
+def queue(make_queue: Callable[..., Queue]) -> Queue:
+    """One fresh queue named "default" on the backend under test."""
+    return make_queue()
+
+
+async def wait_until(
+    predicate: Callable[[], Any | Awaitable[Any]],
+    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline for polling, not for one await
+    *,
+    interval: float = 0.01,
+    message: str = "",
+) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy; return that value.
+
+    Fail with ``message`` when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"condition not met within {timeout}s: {message or predicate!r} (last: {value!r})"
+            )
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Awaitable[Any]]:
+    """The :func:`wait_until` poller, for test modules (conftest is not importable by name)."""
+    return wait_until
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every conformance test a short timeout unless it sets its own."""
+    for item in items:
+        if "conformance" in item.path.parts and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(CONFORMANCE_TIMEOUT))
