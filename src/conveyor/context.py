@@ -7,6 +7,7 @@ payload. It works the same in ``async def``, ``def`` (thread) and ``cpu=True`` (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections.abc import Awaitable, Callable, Generator
@@ -83,10 +84,9 @@ class Context:
         coro = report(float(fraction), str(message))
         if coro is not None:
             fut = asyncio.run_coroutine_threadsafe(_awaited(coro), loop)
-            try:
+            # a lost report must not fail the task; the worker logs it
+            with contextlib.suppress(Exception):
                 fut.result(timeout=30)
-            except Exception:  # a lost report must not fail the task; the worker logs it
-                pass
         return _Sent(None)
 
 

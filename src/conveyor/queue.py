@@ -63,7 +63,7 @@ class Queue:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     @overload
     def task(
-        self, *, name: str | None = None, retries: Retry | int | None = None,
+        self, fn: None = None, /, *, name: str | None = None, retries: Retry | int | None = None,
         timeout: float | timedelta | None = None, cpu: bool = False, key: str | None = None,
         priority: int = 0, supersede: bool = False,
     ) -> _Decorator: ...

@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 from pydantic import ConfigDict, TypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from conveyor.errors import ArgumentError, NotSerializable, PayloadTooLarge
 from conveyor.model import ErrorInfo
@@ -59,7 +60,9 @@ def check_json(value: Any, where: str) -> None:
     if isinstance(value, dict):
         for k, item in value.items():
             if not isinstance(k, str):
-                raise NotSerializable(f"{where} has a {type(k).__name__} key {k!r}: JSON keys are str")
+                raise NotSerializable(
+                    f"{where} has a {type(k).__name__} key {k!r}: JSON keys are str"
+                )
             check_json(item, f"{where}[{k!r}]")
         return
     raise NotSerializable(
@@ -129,7 +132,8 @@ class TaskSignature:
         self.var_kinds: dict[str, inspect._ParameterKind] = {}
         for param in sig.parameters.values():
             annotation = hints.get(param.name, param.annotation)
-            base, extras = annotation, ()
+            base: Any = annotation
+            extras: tuple[Any, ...] = ()
             if typing.get_origin(annotation) is typing.Annotated:
                 base, *rest = typing.get_args(annotation)
                 extras = tuple(rest)
@@ -176,7 +180,7 @@ class TaskSignature:
                 encoded[name] = {k: self._encode_one(k, name, v) for k, v in value.items()}
             else:
                 encoded[name] = self._encode_one(name, name, value)
-        rebound = inspect.BoundArguments(self.signature, encoded)  # type: ignore[arg-type]
+        rebound = inspect.BoundArguments(self.signature, encoded)
         args, kwargs = list(rebound.args), dict(rebound.kwargs)
         size = encoded_size(args, kwargs)
         if size > max_bytes:
@@ -198,7 +202,7 @@ class TaskSignature:
             out = adapter.dump_python(validated, mode="json")
         except pydantic.ValidationError as exc:
             raise ArgumentError(f"{label}: {_short(exc)}") from None
-        except pydantic.PydanticSerializationError as exc:
+        except PydanticSerializationError as exc:
             raise NotSerializable(f"{label} cannot be stored as JSON: {exc}; {_hint(value)}") from None
         check_json(out, label)
         return out
@@ -225,7 +229,7 @@ class TaskSignature:
                     out[name] = adapter.validate_python(value)
             except pydantic.ValidationError as exc:
                 raise ArgumentError(f"{self.name}() stored argument {name!r}: {_short(exc)}") from None
-        rebound = inspect.BoundArguments(self.signature, out)  # type: ignore[arg-type]
+        rebound = inspect.BoundArguments(self.signature, out)
         return list(rebound.args), dict(rebound.kwargs)
 
     def encode_result(self, value: Any) -> Any:
@@ -237,7 +241,7 @@ class TaskSignature:
         _reject_nonfinite(value, label)
         try:
             out = self.return_adapter.dump_python(value, mode="json")
-        except pydantic.PydanticSerializationError as exc:
+        except PydanticSerializationError as exc:
             raise NotSerializable(f"{label} cannot be stored as JSON: {exc}") from None
         check_json(out, label)
         return out

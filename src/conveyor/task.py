@@ -74,7 +74,7 @@ class Task(Generic[P, R]):
         self.signature = TaskSignature(fn, context_type=Context)
         if key is not None:
             self._check_key(key)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} queue={self.queue.name!r}>"
@@ -139,7 +139,9 @@ class TaskCall(Generic[P, R]):
     def options(self, **changes: Any) -> TaskCall[P, R]:
         """More options on top of these."""
         merged = self.task.options(**changes)
-        fields = {f: getattr(merged.opts, f) for f in Options.__slots__ if getattr(merged.opts, f) is not None}
+        fields = {
+            f: getattr(merged.opts, f) for f in Options.__slots__ if getattr(merged.opts, f) is not None
+        }
         return TaskCall(self.task, replace(self.opts, **fields))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:

@@ -265,7 +265,9 @@ class SQLiteBackend(Backend):
         return await self._run(work)
 
     @staticmethod
-    def _events(conn: sqlite3.Connection, now: float, rows: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    def _events(
+        conn: sqlite3.Connection, now: float, rows: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> None:
         """Append events (job_id, type, data), numbering them per job."""
         for job_id, type_, data in rows:
             seq = conn.execute(
@@ -709,7 +711,7 @@ class SQLiteBackend(Backend):
         if self._watch is None:
             return True
         try:
-            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            version: int = self._watch.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError:
             return True
         changed = version != self._data_version

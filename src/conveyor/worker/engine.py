@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import socket
@@ -208,7 +209,7 @@ class Worker:
                 if not fut.done():
                     fut.cancel()
             if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
-                raise waiter.exception()  # type: ignore[misc]
+                raise waiter.exception()
 
     def _launch(self, record: JobRecord) -> None:
         assert record.lease_token is not None
@@ -292,11 +293,18 @@ class Worker:
         args, kwargs = task.signature.decode(record.args, record.kwargs)
         for name in task.signature.context_params:
             kwargs[name] = run.ctx
-        if task.is_async:
-            result = await task.fn(*args, **kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._threads, lambda: task.fn(*args, **kwargs))
+        async with contextlib.AsyncExitStack() as stack:
+            if task.signature.dependency_params:
+                # FastAPI-style Depends(): resolved per attempt, generators closed after it
+                resolver = importlib.import_module("conveyor.fastapi.dependencies")
+                kwargs.update(await resolver.resolve(task, run.ctx, stack))
+            if task.is_async:
+                result = await task.fn(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._threads, lambda: task.fn(*args, **kwargs)
+                )
         return task.signature.encode_result(result)
 
     async def _failed(self, run: _Running, task: Task[Any, Any] | None, exc: Exception) -> None:
@@ -463,7 +471,7 @@ class Worker:
     def _current_job(self) -> str | None:
         loop = self._watchdog._loop
         current = asyncio.current_task(loop) if loop is not None else None
-        run = self._by_task.get(current) if current is not None else None  # type: ignore[arg-type]
+        run = self._by_task.get(current) if current is not None else None
         return run.record.id if run is not None else None
 
 

@@ -76,7 +76,7 @@ def _child(conn: multiprocessing.connection.Connection) -> None:
                     kwargs[name] = ctx
             value = task.signature.encode_result(task.fn(*args, **kwargs))
             reply: dict[str, Any] = {"ok": value}
-        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+        except BaseException as exc:
             reply = {"error": error_info(exc)}
         conn.send_bytes(json.dumps(reply).encode())
 

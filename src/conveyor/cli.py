@@ -1,0 +1,268 @@
+"""The ``conveyor`` command: run workers, and look at jobs.
+
+Parse arguments, load the user's queue, call the library. Signal handlers and logging set-up
+live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.errors import ConfigError, ConveyorError
+from conveyor.model import JobRecord
+from conveyor.queue import Queue
+
+__all__ = ["app", "load_queue", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="conveyor: background jobs for FastAPI and asyncio apps.",
+    no_args_is_help=True, add_completion=False,
+)
+jobs_app = typer.Typer(help="Look at and act on jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+console = Console()
+err_console = Console(stderr=True)
+
+AppArg = Annotated[str, typer.Argument(help="Where your queue lives: 'package.module:queue'.")]
+
+
+def load_queue(spec: str) -> Queue:
+    """Import ``module:attribute`` and return the Queue it names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"expected 'module:queue', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"{module_name!r} has no attribute {attr!r}")
+    if not isinstance(obj, Queue):
+        raise ConfigError(f"{spec!r} is a {type(obj).__name__}, not a conveyor Queue")
+    return obj
+
+
+def _setup_logging(level: str) -> None:
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(2)
+
+
+@app.command()
+def worker(
+    target: AppArg,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1,
+                                             help="Jobs run at once per process.")] = 10,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1,
+                                           help="Worker processes to run.")] = 1,
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queue names "
+                                               "(default: the queue's own).")] = None,
+    grace: Annotated[float | None, typer.Option(help="Seconds running jobs get to finish "
+                                                "on SIGTERM.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run a worker: claim and run jobs until SIGTERM/SIGINT (a second signal exits at once)."""
+    _setup_logging(log_level)
+    try:
+        queue = load_queue(target)
+    except (ConveyorError, ImportError) as exc:
+        raise _fail(exc) from None
+    names = [q.strip() for q in queues.split(",")] if queues else None
+    if processes > 1:
+        raise typer.Exit(_supervise(sys.argv[1:], processes))
+    raise typer.Exit(asyncio.run(_work(queue, concurrency, names, grace)))
+
+
+async def _work(queue: Queue, concurrency: int, queues: list[str] | None, grace: float | None) -> int:
+    wk = queue.worker(concurrency=concurrency, queues=queues, grace=grace)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            logging.getLogger("conveyor").warning("second signal: exiting now; leases bring "
+                                                  "running jobs back")
+            os._exit(1)
+        logging.getLogger("conveyor").info("%s: finishing running jobs (a second signal exits "
+                                           "at once)", signal.Signals(signum).name)
+        wk.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await wk.run()
+    finally:
+        await queue.close()
+    return 0
+
+
+def _supervise(argv: list[str], processes: int) -> int:
+    """Run ``processes`` single-process workers; forward signals; restart one that crashes."""
+    args = _without_processes(argv)
+    log = logging.getLogger("conveyor.supervisor")
+    stopping = False
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "conveyor", *args, "--processes", "1"])
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    children.extend(spawn() for _ in range(processes))
+    log.info("supervising %d worker processes: %s", processes, [c.pid for c in children])
+    code = 0
+    while children:
+        time.sleep(0.1)
+        for child in list(children):
+            rc = child.poll()
+            if rc is None:
+                continue
+            children.remove(child)
+            if stopping:
+                code = max(code, rc)
+            else:
+                log.error("worker process %d exited with %d; starting another", child.pid, rc)
+                time.sleep(0.5)
+                children.append(spawn())
+    return code
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--processes", "-p"):
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        out.append(arg)
+    return out
+
+
+# -- looking at jobs -------------------------------------------------------------------------
+def _run(target: str, fn: Callable[[Queue], Awaitable[T]]) -> T:
+    try:
+        queue = load_queue(target)
+    except (ConveyorError, ImportError) as exc:
+        raise _fail(exc) from None
+
+    async def go() -> T:
+        async with queue:
+            return await fn(queue)
+
+    try:
+        return asyncio.run(go())
+    except ConveyorError as exc:
+        raise _fail(exc) from None
+
+
+_STYLE = {"succeeded": "green", "failed": "red", "dead": "bold red", "cancelled": "yellow",
+          "running": "cyan", "queued": "white", "scheduled": "blue"}
+
+
+def _when(record: JobRecord) -> str:
+    at = record.finished_at or record.started_at or record.enqueued_at
+    return at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    target: AppArg,
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only jobs of this task.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """List recent jobs, newest first."""
+    records = _run(target, lambda q: q.list_jobs(status=status, task=task, limit=limit))
+    table = Table(title=f"jobs ({len(records)})")
+    for col in ("id", "task", "status", "attempts", "when", "error"):
+        table.add_column(col)
+    for r in records:
+        err = f"{r.error['type']}: {r.error['message']}" if r.error else ""
+        table.add_row(r.id, r.task, f"[{_STYLE.get(r.status.value, '')}]{r.status.value}[/]",
+                      f"{r.attempts}/{r.max_attempts}", _when(r), err[:60])
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(target: AppArg, job_id: str) -> None:
+    """Print one job's full record as JSON (error traceback included)."""
+    record = _run(target, lambda q: q.job(job_id).info())
+    console.print_json(json.dumps(record.to_dict()))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(target: AppArg, job_id: str) -> None:
+    """Cancel a job (a running one is stopped by its worker)."""
+    status = _run(target, lambda q: q.job(job_id).cancel())
+    console.print(f"{job_id}: {status.value}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(target: AppArg, job_id: str) -> None:
+    """Put a failed, dead or cancelled job back in its queue."""
+    status = _run(target, lambda q: q.job(job_id).retry())
+    console.print(f"{job_id}: {status.value}")
+
+
+@app.command()
+def stats(target: AppArg) -> None:
+    """Count the queue's jobs by status."""
+    counts = _run(target, lambda q: q.stats())
+    table = Table(title="jobs by status")
+    table.add_column("status")
+    table.add_column("count", justify="right")
+    for name, count in counts.items():
+        table.add_row(f"[{_STYLE.get(name, '')}]{name}[/]", str(count))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``conveyor`` script."""
+    app()
