@@ -170,12 +170,16 @@ class Queue:
     # -- running ---------------------------------------------------------------------------
     def worker(
         self, *, concurrency: int = 10, queues: Sequence[str] | None = None,
-        grace: float | None = None, lease: float | None = None, processes: int | None = None,
+        grace: float | None = None, lease: float | None = None, cpu_workers: int | None = None,
     ) -> Worker:
-        """A worker for this queue's tasks: ``async with queue.worker(concurrency=10): ...``."""
+        """A worker for this queue's tasks: ``async with queue.worker(concurrency=10): ...``.
+
+        ``queues`` lists the named queues it takes jobs from (default: this queue's name);
+        ``cpu_workers`` sizes the process pool for ``cpu=True`` tasks (default: CPU count).
+        """
         from conveyor.worker import Worker
 
         return Worker(
             self, concurrency=concurrency, queues=list(queues or [self.name]), grace=grace,
-            lease=lease, processes=processes,
+            lease=lease, cpu_workers=cpu_workers,
         )

@@ -60,8 +60,7 @@ class Worker:
 
     def __init__(
         self, queue: Queue, *, concurrency: int = 10, queues: Sequence[str] | None = None,
-        grace: float | None = None, lease: float | None = None, processes: int | None = None,
-        cpu_workers: int | None = None,
+        grace: float | None = None, lease: float | None = None, cpu_workers: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
@@ -72,13 +71,13 @@ class Worker:
         self.lease = lease if lease is not None else queue.settings.lease
         if self.lease < 0.1:
             raise ConfigError("lease must be at least 0.1 seconds")
-        self.processes = processes
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[:6]}"
         self.counts: Counter[str] = Counter()
         self._running: dict[str, _Running] = {}
         self._by_task: dict[asyncio.Task[None], _Running] = {}
         self._acks: list[tuple[Ack, _Running]] = []
         self._ack_ready = asyncio.Event()
+        self._ack_lock = asyncio.Lock()
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -387,6 +386,11 @@ class Worker:
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
+        # one flush at a time, so shutdown's final flush waits for one already under way
+        async with self._ack_lock:
+            await self._flush_acks_locked()
+
+    async def _flush_acks_locked(self) -> None:
         while self._acks:
             batch, self._acks = self._acks, []
             self._ack_ready.clear()

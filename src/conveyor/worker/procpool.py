@@ -81,7 +81,7 @@ def _child(conn: multiprocessing.connection.Connection) -> None:
         conn.send_bytes(json.dumps(reply).encode())
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Child:
     process: BaseProcess
     conn: multiprocessing.connection.Connection

@@ -1,0 +1,45 @@
+"""Type-checked, never run: the public API keeps argument and result types for editors.
+
+`make test` runs mypy over this file; each `reveal`-free assignment below fails the check if a
+type drifts. Lines marked `type: ignore[...]` must stay errors (mypy warns on unused ignores).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from conveyor import Job, JobStatus, Queue, Retry, Task
+from conveyor.errors import ConveyorError, EnqueueError, JobCancelled, JobFailed, JobTimeout
+
+queue = Queue("memory://", name="typing")
+
+
+@queue.task(retries=Retry(attempts=5, backoff=2.0, jitter=True), timeout=30)
+async def send_email(to: str, subject: str) -> bool:
+    return True
+
+
+@queue.task
+def resize(path: str, width: int = 100) -> str:
+    return path
+
+
+@queue.task(cpu=True)
+def compress(path: str) -> str:
+    return path
+
+
+async def usage() -> None:
+    task: Task[[str, str], bool] = send_email
+    job: Job[bool] = await send_email.enqueue("a@example.com", subject="hi")
+    ok: bool = await job.result(timeout=10)
+    status: JobStatus = await job.status()
+    later: Job[str] = await resize.options(delay=timedelta(seconds=5), priority=3).enqueue("x.png")
+    name: str = await later.result()
+    await send_email.enqueue("a@example.com", 3)  # type: ignore[arg-type]
+    await resize.enqueue(path="x", height=3)  # type: ignore[call-arg]
+    jobs = await queue.enqueue_many([resize.prepare("a.png"), resize.prepare("b.png", width=5)])
+    assert isinstance(jobs, list)
+    del task, ok, status, name
+    errors: tuple[type[ConveyorError], ...] = (EnqueueError, JobFailed, JobCancelled, JobTimeout)
+    del errors
