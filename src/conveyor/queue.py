@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from conveyor.backends import open_backend
 from conveyor.backends.base import Backend, JobFilter
+from conveyor.context import Context
 from conveyor.errors import ConfigError, UnknownTask
 from conveyor.job import Job
 from conveyor.model import JobRecord, JobStatus
@@ -26,6 +28,10 @@ R = TypeVar("R")
 
 
 class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Context, P], Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Context, P], R]) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
     @overload
@@ -52,11 +58,21 @@ class Queue:
         self.backend: Backend = open_backend(self.url)
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
+        #: replacements for tasks' FastAPI dependencies (``{get_db: fake_db}``); they win over the app's
+        self.dependency_overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
+        #: the ASGI app this queue serves, set by ``lifespan()``: tasks' dependencies see it as
+        #: ``request.app`` and follow its ``dependency_overrides``
+        self.app: Any = None
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} {self.backend.safe_url}>"
 
     # -- registry --------------------------------------------------------------------------
+    # A leading `ctx: Context` is injected, so the overloads drop it from what enqueue accepts.
+    @overload
+    def task(self, fn: Callable[Concatenate[Context, P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[Concatenate[Context, P], R], /) -> Task[P, R]: ...
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload
@@ -136,6 +152,19 @@ class Queue:
         self.backend.notify_local([queue])
 
     # -- jobs ------------------------------------------------------------------------------
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``, or :class:`UnknownTask` naming close matches."""
+        task = self.tasks.get(name)
+        if task is None:
+            close = difflib.get_close_matches(name, list(self.tasks), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UnknownTask(f"no task named {name!r} on queue {self.name!r}{hint}")
+        return task
+
+    async def enqueue(self, task: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue a registered task by name (prefer ``task.enqueue(...)``, which editors check)."""
+        return await self.get_task(task).enqueue(*args, **kwargs)
+
     async def enqueue_many(self, prepared: Sequence[Prepared[Any]]) -> list[Job[Any]]:
         """Store many validated jobs in one round trip (all or nothing); return their handles.
 
@@ -182,4 +211,38 @@ class Queue:
         return Worker(
             self, concurrency=concurrency, queues=list(queues or [self.name]), grace=grace,
             lease=lease, cpu_workers=cpu_workers,
+        )
+
+    # -- FastAPI (conveyor[fastapi]; imported only when asked for) ---------------------------
+    def lifespan(
+        self, *, worker: bool = False, concurrency: int = 10, queues: Sequence[str] | None = None,
+        grace: float | None = None, processes: int | None = None, lifespan: Any = None,
+    ) -> Any:
+        """A FastAPI lifespan: ``FastAPI(lifespan=queue.lifespan(worker=True, concurrency=10))``.
+
+        Opens the backend on startup and closes it on shutdown; with ``worker=True`` it also runs
+        a worker in the app's process and drains it gracefully (``grace`` seconds) on shutdown.
+        ``lifespan=`` wraps the app's own lifespan, which starts first and stops last.
+        """
+        from conveyor.fastapi.lifespan import QueueLifespan
+
+        return QueueLifespan(
+            self, worker=worker, concurrency=concurrency, queues=queues, grace=grace,
+            processes=processes, lifespan=lifespan,
+        )
+
+    def router(
+        self, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
+        tags: list[str] | None = None, heartbeat: float = 15.0,
+    ) -> Any:
+        """A FastAPI ``APIRouter`` over this queue's jobs: ``app.include_router(queue.router(), prefix="/jobs")``.
+
+        REST (list, get, cancel, retry, stats), Server-Sent Events per job, and with
+        ``dashboard=True`` an HTML dashboard at ``/ui``. ``dependencies`` (e.g. ``[Depends(auth)]``)
+        guard every route; ``heartbeat`` is the seconds between keep-alive comments on event streams.
+        """
+        from conveyor.fastapi.router import job_router
+
+        return job_router(
+            self, dashboard=dashboard, dependencies=dependencies, tags=tags, heartbeat=heartbeat
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conveyor import Job, JobStatus, Queue, Retry, Task
+from conveyor import Context, Job, JobStatus, Queue, Retry, Task
 from conveyor.errors import ConveyorError, EnqueueError, JobCancelled, JobFailed, JobTimeout
 
 queue = Queue("memory://", name="typing")
@@ -29,7 +29,14 @@ def compress(path: str) -> str:
     return path
 
 
+@queue.task(key="match:{match_id}")
+async def store_stats(ctx: Context, match_id: int, stats: dict[str, int]) -> None:
+    await ctx.progress(0.5, "half way")
+
+
 async def usage() -> None:
+    await store_stats.enqueue(1, {"goals": 2})  # a leading ctx is injected, not passed
+    await store_stats.enqueue(1)  # type: ignore[call-arg]
     task: Task[[str, str], bool] = send_email
     job: Job[bool] = await send_email.enqueue("a@example.com", subject="hi")
     ok: bool = await job.result(timeout=10)
