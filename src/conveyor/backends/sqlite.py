@@ -107,7 +107,13 @@ def _dump(value: Any) -> str:
 
 
 def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    """Decode stored JSON; text that is not JSON comes back as it is, for the worker to reject."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _ts(d: datetime | None) -> float | None:
@@ -409,10 +415,32 @@ class SQLiteBackend(Backend):
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM conveyor_jobs WHERE id IN ({marks_ids})", ids
             ).fetchall()
-            by_id = {row[0]: _record(row) for row in rows}
-            return [by_id[i] for i in ids]
+            by_id: dict[str, JobRecord] = {}
+            for row in rows:
+                try:
+                    by_id[row[0]] = _record(row)
+                except (ValueError, TypeError, KeyError) as exc:
+                    self._quarantine(conn, now, row[0], exc)
+            return [by_id[i] for i in ids if i in by_id]
 
         return await self._write(work)
+
+    @classmethod
+    def _quarantine(cls, conn: sqlite3.Connection, now: float, job_id: str, exc: Exception) -> None:
+        """Fail a stored job that cannot be read back, so it never blocks or spins a worker."""
+        error = {
+            "type": "MalformedJob",
+            "message": f"the stored job cannot be decoded: {type(exc).__name__}: {exc}",
+            "traceback": "",
+        }
+        row = conn.execute(
+            "UPDATE conveyor_jobs SET status = 'failed', finished_at = ?, error = ?, "
+            "lease_token = NULL, lease_expires_at = NULL WHERE id = ? RETURNING queue, key",
+            (now, _dump(error), job_id),
+        ).fetchone()
+        cls._status_events(conn, now, [job_id], error=error)
+        if row is not None and row[1] is not None:
+            cls._handoff(conn, {(row[0], row[1])})
 
     async def renew(self, leases: Sequence[Lease], lease: float) -> RenewResult:
         if not leases:

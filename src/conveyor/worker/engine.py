@@ -247,28 +247,12 @@ class Worker:
         record = run.record
         task = self.queue.tasks.get(record.task)
         try:
-            try:
-                value = await self._call(task, run)
-            except asyncio.CancelledError:
-                if run.reason is None:
-                    raise
-                await self._stopped_early(run, task)
-                return
-            except BaseException as exc:
-                if run.reason is not None:
-                    # the task turned our cancellation into something else; honour the cancel
-                    await self._stopped_early(run, task)
-                    return
-                if not isinstance(exc, Exception):
-                    raise
-                await self._failed(run, task, exc)
-                return
-            if run.reason is not None:
-                await self._stopped_early(run, task)
-                return
-            self.counts["succeeded"] += 1
-            self._acks.append((Ack(record.id, run.lease.token, value), run))
-            self._ack_ready.set()
+            await self._attempt(run, task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # a bug of ours must not kill the worker; the lease brings the job back
+            log.exception("worker %s: internal error while settling job %s", self.id, record.id)
         finally:
             if run.timer is not None:
                 run.timer.cancel()
@@ -276,6 +260,28 @@ class Worker:
             if run.task is not None:
                 self._by_task.pop(run.task, None)
             self._slot_free.set()
+
+    async def _attempt(self, run: _Running, task: Task[Any, Any] | None) -> None:
+        try:
+            value = await self._call(task, run)
+        except asyncio.CancelledError:
+            if run.reason is None:
+                raise
+            await self._stopped_early(run, task)
+            return
+        except BaseException as exc:  # SystemExit from a task is the task's failure, not ours
+            if run.reason is not None:
+                # the task turned our cancellation into something else; honour the cancel
+                await self._stopped_early(run, task)
+                return
+            await self._failed(run, task, exc)
+            return
+        if run.reason is not None:
+            await self._stopped_early(run, task)
+            return
+        self.counts["succeeded"] += 1
+        self._acks.append((Ack(run.record.id, run.lease.token, value), run))
+        self._ack_ready.set()
 
     async def _call(self, task: Task[Any, Any] | None, run: _Running) -> Any:
         record = run.record
@@ -306,7 +312,7 @@ class Worker:
                 )
         return task.signature.encode_result(result)
 
-    async def _failed(self, run: _Running, task: Task[Any, Any] | None, exc: Exception) -> None:
+    async def _failed(self, run: _Running, task: Task[Any, Any] | None, exc: BaseException) -> None:
         record = run.record
         error = exc.info if isinstance(exc, _Remote) else error_info(exc)
         policy = self._policy(record, task)
@@ -351,7 +357,10 @@ class Worker:
     @staticmethod
     def _policy(record: JobRecord, task: Task[Any, Any] | None) -> Retry:
         if record.retry:
-            return Retry.from_dict(record.retry)
+            try:
+                return Retry.from_dict(record.retry)
+            except (TypeError, ValueError, ConfigError):
+                log.error("job %s: stored retry policy %r is malformed", record.id, record.retry)
         if task is not None:
             return task.retry
         return Retry(attempts=max(1, record.max_attempts))
