@@ -80,39 +80,53 @@ BACKENDS: dict[str, BackendFactory] = {
     "sqlite": _sqlite,
 }
 
+#: backends whose jobs survive closing and reopening the store (see ``QueueFactory.durable``)
+DURABLE = {"sqlite", "redis", "postgres"}
 
-@pytest.fixture(params=list(BACKENDS))
-async def make_queue(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Callable[..., Queue]]:
-    """A factory ``make_queue(name="default") -> Queue`` on a fresh store; closes them all after.
 
-    Every queue made in one test points at the same store URL (one SQLite file per test).
+class QueueFactory:
+    """``make_queue(name="default") -> Queue``: queues on this test's fresh store.
+
+    Every queue made in one test gets the same URL: for SQLite (and server backends) they share
+    one store; ``memory://`` keeps one store per Queue object.
     """
-    from conveyor import Queue  # imported here so a broken package fails tests, not collection
 
-    url = BACKENDS[request.param](request, tmp_path)
-    made: list[Queue] = []
+    def __init__(self, backend: str, url: str) -> None:
+        self.backend = backend
+        self.url = url
+        self.durable = backend in DURABLE
+        self.made: list[Queue] = []
 
-    def make(name: str = "default") -> Queue:
-        q = Queue(url, name=name)
-        made.append(q)
+    def __call__(self, name: str = "default") -> Queue:
+        from conveyor import Queue  # imported here so a broken package fails tests, not collection
+
+        q = Queue(self.url, name=name)
+        self.made.append(q)
         return q
 
-    yield make
-    for q in reversed(made):
-        await q.close()
+    async def close_all(self) -> None:
+        """Close every queue made, newest first."""
+        for q in reversed(self.made):
+            await q.close()
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueFactory]:
+    """A :class:`QueueFactory` on a fresh store of each backend; closes its queues after the test."""
+    factory = QueueFactory(request.param, BACKENDS[request.param](request, tmp_path))
+    yield factory
+    await factory.close_all()
 
 
 @pytest.fixture
-def queue(make_queue: Callable[..., Queue]) -> Queue:
+def queue(make_queue: QueueFactory) -> Queue:
     """One fresh queue named "default" on the backend under test."""
     return make_queue()
 
 
 async def wait_until(
     predicate: Callable[[], Any | Awaitable[Any]],
-    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline for polling, not for one await
+    timeout: float = 5.0,
     *,
     interval: float = 0.01,
     message: str = "",

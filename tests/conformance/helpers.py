@@ -55,7 +55,7 @@ class Gate:
         """Let every waiting body (and every later one) through."""
         self._opened.set()
 
-    async def wait(self, timeout: float = RESULT_TIMEOUT) -> None:  # noqa: ASYNC109
+    async def wait(self, timeout: float = RESULT_TIMEOUT) -> None:
         """From an async task: arrive, then wait until opened (fail after ``timeout``)."""
         with self._lock:
             self._entered += 1

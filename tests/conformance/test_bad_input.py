@@ -188,8 +188,8 @@ async def test_stored_arguments_that_do_not_validate_fail_the_job(queue: Queue) 
 async def test_structurally_malformed_payload_fails_the_job(queue: Queue) -> None:
     """Stored args/kwargs of the wrong shape end the job failed; the worker keeps processing."""
     store = _register(queue)
-    bad_args = await _insert(queue, task="store", args={"user_id": 1})  # type: ignore[arg-type]
-    bad_kwargs = await _insert(queue, task="store", args=[1], kwargs=[["note", "x"]])  # type: ignore[arg-type]
+    bad_args = await _insert(queue, task="store", args={"user_id": 1})
+    bad_kwargs = await _insert(queue, task="store", args=[1], kwargs=[["note", "x"]])
     async with queue.worker(concurrency=2):
         await _fails_cleanly(queue, bad_args)
         await _fails_cleanly(queue, bad_kwargs)

@@ -170,3 +170,17 @@ async def test_cancelled_job_can_be_retried_by_hand(queue: Queue) -> None:
     assert await job.status() == "queued"
     async with queue.worker(concurrency=1):
         assert await job.result(timeout=RESULT_TIMEOUT) == "ran"
+
+
+async def test_events_of_a_cancelled_queued_job_end_at_cancelled(queue: Queue) -> None:
+    """The event stream of a job cancelled before it ran ends with the ``cancelled`` status."""
+
+    @queue.task
+    async def never() -> None: ...
+
+    job = await never.enqueue()
+    await job.cancel()
+    async with asyncio.timeout(RESULT_TIMEOUT):
+        events = [ev async for ev in job.events()]
+    assert [ev.data["status"] for ev in events if ev.type == "status"] == ["queued", "cancelled"]
+    assert events[-1].terminal

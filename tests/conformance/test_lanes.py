@@ -164,6 +164,9 @@ async def test_key_template_and_literal_key_are_stored(queue: Queue) -> None:
     @queue.task(key="match:{match_id}")
     async def store(match_id: int, stats: dict[str, int]) -> None: ...
 
+    @queue.task(key="{kind}:{ident}")
+    async def defaulted(ident: int, kind: str = "user") -> None: ...
+
     @queue.task
     async def plain() -> None: ...
 
@@ -176,6 +179,8 @@ async def test_key_template_and_literal_key_are_stored(queue: Queue) -> None:
     assert (await by_kwarg.info()).key == "match:8"
     assert (await literal.info()).key == "user:1"
     assert (await keyless.info()).key is None
+    assert (await (await defaulted.enqueue(3)).info()).key == "user:3"
+    assert (await (await defaulted.enqueue(3, kind="team")).info()).key == "team:3"
 
 
 async def test_finished_lane_does_not_block_new_jobs(queue: Queue) -> None:
@@ -197,3 +202,46 @@ async def test_finished_lane_does_not_block_new_jobs(queue: Queue) -> None:
         assert await ok.result(timeout=RESULT_TIMEOUT) == "ok"
     assert await failed.status() == "failed"
     assert await cancelled.status() == "cancelled"
+
+
+async def test_lanes_hold_across_two_workers(queue: Queue) -> None:
+    """Two workers on one queue still run a key's jobs one at a time, in enqueue order."""
+    ran: list[int] = []
+    active = {"n": 0, "peak": 0}
+
+    @queue.task(key="shared")
+    async def step(n: int) -> None:
+        active["n"] += 1
+        active["peak"] = max(active["peak"], active["n"])
+        ran.append(n)
+        for _ in range(3):
+            await asyncio.sleep(0.005)
+        active["n"] -= 1
+
+    jobs = [await step.enqueue(n) for n in range(8)]
+    async with queue.worker(concurrency=5), queue.worker(concurrency=5):
+        for job in jobs:
+            await job.result(timeout=RESULT_TIMEOUT)
+    assert ran == list(range(8))
+    assert active["peak"] == 1
+
+
+async def test_cancelling_the_running_head_hands_the_lane_on(
+    queue: Queue, wait_until: WaitUntil
+) -> None:
+    """When the running job of a lane is cancelled, the next job of the key runs."""
+    gate = Gate()
+
+    @queue.task(key="lane")
+    async def work(label: str) -> str:
+        if label == "head":
+            await gate.wait()
+        return label
+
+    head = await work.enqueue("head")
+    nxt = await work.enqueue("next")
+    async with queue.worker(concurrency=4):
+        await wait_until(lambda: gate.entered == 1, message="head started")
+        await head.cancel()
+        assert await nxt.result(timeout=RESULT_TIMEOUT) == "next"
+    assert await head.status() == "cancelled"

@@ -35,6 +35,11 @@ async def job_id(queue: Queue) -> str:
     return (await echo.enqueue(1)).id
 
 
+def _token(record: Any) -> str:
+    assert record.lease_token is not None
+    return str(record.lease_token)
+
+
 async def _claim(queue: Queue, worker: str, lease: float) -> Any:
     claimed = await queue.backend.claim([queue.name], worker, 10, lease)
     assert len(claimed) == 1, claimed
@@ -163,9 +168,9 @@ async def test_complete_acks_are_judged_one_by_one(queue: Queue) -> None:
     claimed = await queue.backend.claim([queue.name], "w1", 10, 30)
     assert [r.id for r in claimed] == ids
     acks = [
-        Ack(claimed[0].id, claimed[0].lease_token, 0),
+        Ack(claimed[0].id, _token(claimed[0]), 0),
         Ack(claimed[1].id, "stale", 1),
-        Ack(claimed[2].id, claimed[2].lease_token, 2),
+        Ack(claimed[2].id, _token(claimed[2]), 2),
     ]
     assert await queue.backend.complete(acks) == [True, False, True]
     statuses = [(await queue.backend.get(i)).status for i in ids]  # type: ignore[union-attr]
@@ -225,7 +230,7 @@ async def test_fail_transitions(queue: Queue) -> None:
     ids = [(await echo.enqueue(i)).id for i in range(3)]
     claimed = {r.id: r for r in await queue.backend.claim([queue.name], "w1", 10, 30)}
     later = datetime.now(UTC) + timedelta(hours=1)
-    leases = [Lease(i, claimed[i].lease_token) for i in ids]
+    leases = [Lease(i, _token(claimed[i])) for i in ids]
     assert await queue.backend.fail(leases[0], ERROR, retry_at=later)
     assert await queue.backend.fail(leases[1], ERROR, retry_at=None)
     assert await queue.backend.fail(leases[2], ERROR, retry_at=None, dead=True)
@@ -236,7 +241,9 @@ async def test_fail_transitions(queue: Queue) -> None:
     assert await queue.backend.claim([queue.name], "w1", 10, 30) == []  # not due for an hour
 
 
-async def test_worker_recovers_a_job_whose_worker_vanished(queue: Queue) -> None:
+async def test_worker_recovers_a_job_whose_worker_vanished(
+    queue: Queue, wait_until: WaitUntil
+) -> None:
     """A job claimed by a worker that never comes back is recovered and run by a live worker."""
     runs: list[int] = []
 
@@ -246,7 +253,10 @@ async def test_worker_recovers_a_job_whose_worker_vanished(queue: Queue) -> None
         return x
 
     job = await echo.enqueue(5)
-    await _claim(queue, "ghost", lease=0.2)  # the ghost worker never renews nor acks
+    ghost = await _claim(queue, "ghost", lease=0.2)  # the ghost worker never renews nor acks
+    await wait_until(
+        lambda: datetime.now(UTC) > ghost.lease_expires_at, message="ghost's lease expired"
+    )
     async with queue.worker(concurrency=1):
         assert await job.result(timeout=RESULT_TIMEOUT) == 5
     assert len(runs) == 1

@@ -1,12 +1,17 @@
-"""Order within a queue: higher priority first, then enqueue order."""
+"""Order within a queue (priority, then enqueue order), the concurrency cap, and queue selection."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from conveyor import Queue
+from conveyor.model import JobRecord, new_id
 
-from .helpers import RESULT_TIMEOUT
+from .helpers import RESULT_TIMEOUT, Gate
+
+WaitUntil = Callable[..., Awaitable[Any]]
 
 
 async def test_priority_then_fifo_with_one_worker_slot(queue: Queue) -> None:
@@ -106,3 +111,53 @@ async def test_job_ids_are_time_ordered(queue: Queue) -> None:
     ids += [j.id for j in await queue.enqueue_many([noop.prepare() for _ in range(50)])]
     assert ids == sorted(ids)
     assert all(len(i) == 36 and i[14] == "7" for i in ids), ids[:3]
+
+
+async def test_worker_runs_at_most_concurrency_jobs_at_once(
+    queue: Queue, wait_until: WaitUntil
+) -> None:
+    """With concurrency=3 and six blocked jobs, exactly three start until one finishes."""
+    gate = Gate()
+
+    @queue.task
+    async def blocked(n: int) -> int:
+        await gate.wait()
+        return n
+
+    @queue.task
+    def blocked_thread(n: int) -> int:
+        gate.wait_sync()
+        return n
+
+    jobs = [await blocked.enqueue(n) for n in range(3)]
+    jobs += [await blocked_thread.enqueue(n) for n in range(3, 6)]
+    async with queue.worker(concurrency=3):
+        await wait_until(lambda: gate.entered == 3, message="three jobs started")
+        stats = await queue.backend.stats()
+        assert (stats["running"], stats["queued"]) == (3, 3)
+        assert gate.entered == 3
+        gate.open()
+        assert [await j.result(timeout=RESULT_TIMEOUT) for j in jobs] == list(range(6))
+    assert gate.entered == 6
+
+
+async def test_worker_takes_jobs_only_from_its_queues(queue: Queue) -> None:
+    """A worker given ``queues=`` claims jobs of those named queues and leaves the others."""
+    ran: list[str] = []
+
+    @queue.task(name="record")
+    async def record(label: str) -> str:
+        ran.append(label)
+        return label
+
+    mine = await record.enqueue("default-queue job")
+    await queue.open()
+    (other,) = await queue.backend.enqueue(
+        [JobRecord(id=new_id(), task="record", queue="other", args=["other-queue job"])]
+    )
+    async with queue.worker(concurrency=2, queues=["other"]):
+        assert await queue.job(other.id).result(timeout=RESULT_TIMEOUT) == "other-queue job"
+    assert await mine.status() == "queued"
+    assert ran == ["other-queue job"]
+    assert (await queue.backend.stats("other"))["succeeded"] == 1
+    assert (await queue.backend.stats("default"))["queued"] == 1

@@ -19,7 +19,7 @@ from .helpers import RESULT_TIMEOUT, Gate
 WaitUntil = Callable[..., Awaitable[Any]]
 
 
-async def _collect(job: Any, timeout: float = RESULT_TIMEOUT) -> list[Any]:  # noqa: ASYNC109
+async def _collect(job: Any, timeout: float = RESULT_TIMEOUT) -> list[Any]:
     async with asyncio.timeout(timeout):
         return [ev async for ev in job.events()]
 

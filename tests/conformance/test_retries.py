@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -208,3 +209,25 @@ async def test_retry_by_hand_leaves_active_jobs_alone(queue: Queue) -> None:
     )
     stats = await queue.backend.stats()
     assert stats["queued"] == 1 and sum(stats.values()) == 1
+
+
+async def test_final_failure_is_logged_with_its_traceback(
+    queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last failure of a job is logged at ERROR with the job id, error type and traceback."""
+
+    @queue.task
+    async def broken() -> None:
+        raise LookupError("nothing here")
+
+    job = await broken.enqueue()
+    with caplog.at_level(logging.WARNING, logger="conveyor"):
+        async with queue.worker(concurrency=1):
+            with pytest.raises(JobFailed):
+                await job.result(timeout=RESULT_TIMEOUT)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and job.id in r.getMessage()]
+    assert errors, [r.getMessage() for r in caplog.records]
+    text = errors[0].getMessage() + (errors[0].exc_text or "")
+    assert "LookupError" in text
+    assert "nothing here" in text
+    assert "Traceback" in text

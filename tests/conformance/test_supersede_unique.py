@@ -163,3 +163,16 @@ async def test_unique_within_one_batch(queue: Queue) -> None:
     assert jobs[0].id == jobs[1].id
     assert jobs[2].id != jobs[0].id
     assert await total_jobs(queue) == 2
+
+
+async def test_unique_is_free_again_once_the_job_was_cancelled(queue: Queue) -> None:
+    """Cancelling the unique job frees its unique value for a new job."""
+
+    @queue.task
+    async def ping() -> None: ...
+
+    first = await ping.options(unique="ping").enqueue()
+    await first.cancel()
+    second = await ping.options(unique="ping").enqueue()
+    assert second.id != first.id
+    assert await second.status() == "queued"
