@@ -19,6 +19,8 @@ from conveyor.settings import Settings, url_from_env
 from conveyor.task import Prepared, Task
 
 if TYPE_CHECKING:
+    from conveyor.fastapi.lifespan import AppLifespan, QueueLifespan
+    from conveyor.fastapi.router import APIRouter
     from conveyor.worker import Worker
 
 __all__ = ["Queue"]
@@ -216,8 +218,9 @@ class Queue:
     # -- FastAPI (conveyor[fastapi]; imported only when asked for) ---------------------------
     def lifespan(
         self, *, worker: bool = False, concurrency: int = 10, queues: Sequence[str] | None = None,
-        grace: float | None = None, processes: int | None = None, lifespan: Any = None,
-    ) -> Any:
+        grace: float | None = None, cpu_workers: int | None = None,
+        lifespan: AppLifespan | None = None,
+    ) -> QueueLifespan:
         """A FastAPI lifespan: ``FastAPI(lifespan=queue.lifespan(worker=True, concurrency=10))``.
 
         Opens the backend on startup and closes it on shutdown; with ``worker=True`` it also runs
@@ -228,14 +231,14 @@ class Queue:
 
         return QueueLifespan(
             self, worker=worker, concurrency=concurrency, queues=queues, grace=grace,
-            processes=processes, lifespan=lifespan,
+            cpu_workers=cpu_workers, lifespan=lifespan,
         )
 
     def router(
         self, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
         tags: list[str] | None = None, heartbeat: float = 15.0,
-    ) -> Any:
-        """A FastAPI ``APIRouter`` over this queue's jobs: ``app.include_router(queue.router(), prefix="/jobs")``.
+    ) -> APIRouter:
+        """A FastAPI router over this queue's jobs: ``app.include_router(queue.router(), prefix="/jobs")``.
 
         REST (list, get, cancel, retry, stats), Server-Sent Events per job, and with
         ``dashboard=True`` an HTML dashboard at ``/ui``. ``dependencies`` (e.g. ``[Depends(auth)]``)

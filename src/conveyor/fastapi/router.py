@@ -1,0 +1,209 @@
+"""The job router: ``app.include_router(queue.router(), prefix="/jobs")``.
+
+=======  ======================  ===========================================================
+GET      ``/jobs``               list jobs of the queue, newest first (``status``, ``task``,
+                                 ``limit``, ``offset``)
+GET      ``/jobs/stats``         how many jobs are in each status
+GET      ``/jobs/ui``            the HTML dashboard (``dashboard=True`` only)
+GET      ``/jobs/{id}``          one job record (404 unknown id, 422 malformed id)
+GET      ``/jobs/{id}/events``   Server-Sent Events until the job ends (``Last-Event-ID`` resumes)
+POST     ``/jobs/{id}/cancel``   cancel a waiting or running job (409 once finished)
+POST     ``/jobs/{id}/retry``    put a failed, dead or cancelled job back (409 otherwise)
+=======  ======================  ===========================================================
+
+No GET changes anything. ``dependencies=[Depends(auth)]`` guards every route, the dashboard too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
+from fastapi.responses import HTMLResponse
+
+from conveyor.errors import JobNotFound
+from conveyor.fastapi.dashboard import render_dashboard
+from conveyor.fastapi.schemas import JobEventOut, JobOut, JobPage, ProblemOut, StatsOut
+from conveyor.fastapi.sse import EventStreamResponse, job_stream
+from conveyor.model import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from conveyor.queue import Queue
+
+__all__ = ["APIRouter", "job_router"]
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+JobId = Annotated[
+    str,
+    Path(
+        pattern=UUID_PATTERN, description="the job's id (a UUID)",
+        examples=["01936f4e-8a1b-7c3d-9e2f-0a1b2c3d4e5f"],
+    ),
+]
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ProblemOut, "description": "No such job"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ProblemOut, "description": "The job is not in a state that allows this"}
+}
+# the stream as OpenAPI 3.2 describes Server-Sent Events: each item's `data` is a JobEventOut
+_EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One event per status change or progress report, until the job ends.",
+        "content": {"text/event-stream": {"itemSchema": {
+            "type": "object",
+            "required": ["id", "event", "data"],
+            "properties": {
+                "id": {"type": "string", "description": "the event's seq: send it as Last-Event-ID"},
+                "event": {"type": "string", "enum": ["status", "progress"]},
+                "data": {
+                    "type": "string", "contentMediaType": "application/json",
+                    "contentSchema": JobEventOut.model_json_schema(),
+                },
+                "retry": {"type": "integer", "minimum": 0},
+            },
+        }}},
+    },
+    204: {"description": "The job has finished and the client has seen all of its events"},
+    404: {
+        "description": "No such job",
+        "content": {"application/json": {"schema": ProblemOut.model_json_schema()}},
+    },
+}
+_RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
+_CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.CANCELLED})
+
+
+def job_router(
+    queue: Queue, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
+    tags: list[str] | None = None, heartbeat: float = 15.0,
+) -> APIRouter:
+    """Build the REST, SSE and (``dashboard=True``) HTML routes over ``queue``'s jobs."""
+    if heartbeat <= 0:
+        raise ValueError("heartbeat must be a positive number of seconds")
+    router = APIRouter(dependencies=list(dependencies or []), tags=list(tags or ["jobs"]))
+
+    async def find(job_id: str) -> JobRecord:
+        try:
+            return await queue.job(job_id.lower()).info()
+        except JobNotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}") from None
+
+    @router.get("", name="conveyor_list_jobs", summary="List jobs")
+    async def list_jobs(
+        status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+        task: Annotated[str | None, Query(description="only jobs of this task name")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JobPage:
+        """Jobs of the queue, newest first, one page at a time."""
+        records = await queue.list_jobs(status=status, task=task, limit=limit + 1, offset=offset)
+        more = len(records) > limit
+        return JobPage(
+            items=[JobOut.of(r) for r in records[:limit]], limit=limit, offset=offset,
+            next_offset=offset + limit if more else None,
+        )
+
+    @router.get("/stats", name="conveyor_job_stats", summary="Count jobs by status")
+    async def job_stats() -> StatsOut:
+        """How many jobs of the queue are in each status."""
+        counts = await queue.stats()
+        return StatsOut(
+            queue=queue.name, counts={JobStatus(k): v for k, v in counts.items()},
+            total=sum(counts.values()),
+        )
+
+    if dashboard:
+
+        @router.get(
+            "/ui", name="conveyor_dashboard", summary="Dashboard", response_class=HTMLResponse,
+        )
+        async def dashboard_page() -> HTMLResponse:
+            """The HTML dashboard: counts, recent and failed jobs, live progress, cancel/retry."""
+            page, nonce = render_dashboard(queue)
+            return HTMLResponse(page, headers=_dashboard_headers(nonce))
+
+    @router.get("/{job_id}", name="conveyor_get_job", summary="Get a job", responses=_NOT_FOUND)
+    async def get_job(job_id: JobId) -> JobOut:
+        """The job's stored record: status, arguments, attempts, result or error, progress."""
+        return JobOut.of(await find(job_id))
+
+    @router.get(
+        "/{job_id}/events", name="conveyor_job_events", summary="Follow a job (Server-Sent Events)",
+        response_class=EventStreamResponse,
+        responses=_EVENT_RESPONSES,
+    )
+    async def job_events(
+        job_id: JobId,
+        last_event_id: Annotated[
+            int | None, Header(ge=0, description="resume after this event (sent by EventSource)")
+        ] = None,
+        after: Annotated[
+            int | None, Query(ge=0, description="start after this event seq (when no header)")
+        ] = None,
+    ) -> Response:
+        """Every status change and progress report of the job: past ones first, then live.
+
+        The stream ends after the terminal status. A client that reconnects with
+        ``Last-Event-ID`` continues after that event; once it has seen everything of a finished
+        job the answer is 204, which tells ``EventSource`` not to reconnect.
+        """
+        record = await find(job_id)
+        start = last_event_id if last_event_id is not None else (after or 0)
+        backend = await queue._backend()
+        if record.status.terminal and not await backend.events(record.id, start):
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        return EventStreamResponse(job_stream(backend, record.id, start, heartbeat))
+
+    @router.post(
+        "/{job_id}/cancel", name="conveyor_cancel_job", summary="Cancel a job",
+        responses={**_NOT_FOUND, **_CONFLICT},
+    )
+    async def cancel_job(job_id: JobId) -> JobOut:
+        """Cancel the job: a waiting job never runs; a running one is stopped by its worker.
+
+        A running job shows ``cancel_requested`` until its worker has stopped it.
+        Cancelling a cancelled job changes nothing; a finished job is a 409.
+        """
+        record = await find(job_id)
+        if record.status not in _CANCELLABLE:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"job {record.id} already {record.status.value}: nothing to cancel"
+            )
+        job = queue.job(record.id)
+        await job.cancel()
+        return JobOut.of(await job.info())
+
+    @router.post(
+        "/{job_id}/retry", name="conveyor_retry_job", summary="Retry a failed job",
+        responses={**_NOT_FOUND, **_CONFLICT},
+    )
+    async def retry_job(job_id: JobId) -> JobOut:
+        """Put a failed, dead or cancelled job back in its queue; its attempts start over."""
+        record = await find(job_id)
+        if record.status not in _RETRYABLE:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"job {record.id} is {record.status.value}: only failed, dead or cancelled jobs "
+                "can be retried",
+            )
+        job = queue.job(record.id)
+        await job.retry()
+        return JobOut.of(await job.info())
+
+    return router
+
+
+def _dashboard_headers(nonce: str) -> dict[str, str]:
+    """Security headers for the dashboard: only its own nonce'd inline code runs."""
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }

@@ -1,0 +1,101 @@
+"""The pydantic models of the job router's responses (they appear in the app's OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from conveyor.model import Event, JobRecord, JobStatus
+
+__all__ = ["ErrorOut", "JobEventOut", "JobOut", "JobPage", "ProblemOut", "ProgressOut", "StatsOut"]
+
+
+class ErrorOut(BaseModel):
+    """A stored failure."""
+
+    type: str = Field(description="exception type, e.g. ConnectionError or myapp.mail.Bounced")
+    message: str
+    traceback: str
+
+
+class ProgressOut(BaseModel):
+    """The last progress the task reported."""
+
+    fraction: float = Field(ge=0.0, le=1.0)
+    message: str
+
+
+class JobOut(BaseModel):
+    """One job record."""
+
+    id: str = Field(description="UUIDv7: time-ordered")
+    task: str
+    queue: str
+    status: JobStatus
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    key: str | None = Field(description="ordering lane: jobs with the same key run one at a time")
+    unique: str | None
+    attempts: int
+    max_attempts: int
+    timeout: float | None = Field(description="seconds per attempt")
+    enqueued_at: datetime
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any = Field(description="the task's return value as JSON, once succeeded")
+    error: ErrorOut | None = Field(description="the last failure, kept while the job retries")
+    progress: ProgressOut | None
+    worker: str | None
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobOut:
+        """The response model of a stored record."""
+        return cls.model_validate(record.to_dict())
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first."""
+
+    items: list[JobOut]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+
+
+class StatsOut(BaseModel):
+    """How many jobs of the queue are in each status."""
+
+    queue: str
+    counts: dict[JobStatus, int]
+    total: int
+
+
+class JobEventOut(BaseModel):
+    """One Server-Sent Event's data: a status change or a progress report of a job.
+
+    On the wire: ``id:`` is ``seq`` (send it back as ``Last-Event-ID``), ``event:`` is ``type``.
+    """
+
+    job_id: str
+    seq: int = Field(ge=1, description="increases per job from 1")
+    type: Literal["status", "progress"]
+    at: datetime
+    data: dict[str, Any] = Field(
+        description='status: {"status", "attempt", ...}; progress: {"fraction", "message"}'
+    )
+
+    @classmethod
+    def of(cls, event: Event) -> JobEventOut:
+        """The model of a stored event."""
+        return cls.model_validate(event.to_dict())
+
+
+class ProblemOut(BaseModel):
+    """An error response."""
+
+    detail: str

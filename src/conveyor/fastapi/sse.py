@@ -1,0 +1,72 @@
+"""A job's events as Server-Sent Events (``text/event-stream``).
+
+Each event goes out as::
+
+    id: 3
+    event: progress
+    data: {"job_id": "...", "seq": 3, "type": "progress", "at": "...", "data": {"fraction": 0.5, ...}}
+
+``id`` is the event's per-job ``seq``, so a browser's ``EventSource`` that reconnects sends it back
+as ``Last-Event-ID`` and the stream continues after it. The stream replays what happened before
+the client connected, follows the job live with a keep-alive comment every ``heartbeat`` seconds
+(which is also how a gone client is noticed), and ends after the job's terminal status event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from starlette.responses import StreamingResponse
+
+from conveyor.backends.base import Backend
+from conveyor.model import Event
+
+__all__ = ["EventStreamResponse", "encode", "job_stream"]
+
+#: how long a browser waits before reconnecting a dropped stream, in milliseconds
+RECONNECT_MS = 1000
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response of media type ``text/event-stream``, uncached and unbuffered."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes], status_code: int = 200) -> None:
+        super().__init__(
+            content, status_code=status_code,
+            # no caching; X-Accel-Buffering stops nginx from holding events back
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+
+def encode(event: Event) -> bytes:
+    """One job event in the SSE wire format (compact JSON never spans lines)."""
+    data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+
+
+async def job_stream(
+    backend: Backend, job_id: str, after: int, heartbeat: float
+) -> AsyncIterator[bytes]:
+    """The encoded events of a job with ``seq > after``, live, until its terminal event."""
+    yield f"retry: {RECONNECT_MS}\n\n".encode()
+    while True:
+        batch = await backend.wait_for_events(job_id, after, timeout=heartbeat)
+        for event in batch:
+            after = event.seq
+            yield encode(event)
+            if event.terminal:
+                return
+        if batch:
+            continue
+        record = await backend.get(job_id)
+        if record is None or record.status.terminal:
+            # finished (or deleted) with no terminal event left in the history: send what is
+            # there and stop, so the client is not left waiting for an event that will not come
+            for event in await backend.events(job_id, after):
+                yield encode(event)
+            return
+        yield KEEPALIVE
