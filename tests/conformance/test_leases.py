@@ -284,3 +284,26 @@ async def test_worker_renews_the_lease_of_a_long_job(queue: Queue, wait_until: W
         gate.open()
         assert await job.result(timeout=RESULT_TIMEOUT) == "done"
     assert runs == [1]
+
+
+async def test_cancel_requested_before_a_crash_ends_cancelled_not_rerun(
+    queue: Queue, job_id: str, wait_until: WaitUntil
+) -> None:
+    """A running job asked to cancel whose worker then dies ends cancelled at recovery, not queued."""
+    await _claim(queue, "w1", lease=0.2)
+    record = await queue.backend.cancel(job_id)
+    assert record is not None and record.status == "running" and record.cancel_requested
+    await _expire_and_recover(queue, job_id, wait_until)
+    after = await queue.backend.get(job_id)
+    assert after is not None and after.status == "cancelled"
+    assert await queue.backend.claim([queue.name], "w2", 10, 5.0) == []
+
+
+async def test_release_of_a_job_asked_to_cancel_ends_cancelled(queue: Queue, job_id: str) -> None:
+    """Releasing (shutdown) a job someone asked to cancel completes the cancel instead."""
+    rec = await _claim(queue, "w1", lease=5.0)
+    await queue.backend.cancel(job_id)
+    assert await queue.backend.release([Lease(job_id, _token(rec))]) == [True]
+    after = await queue.backend.get(job_id)
+    assert after is not None and after.status == "cancelled"
+    assert await queue.backend.claim([queue.name], "w2", 10, 5.0) == []

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
 from conveyor.model import (
-    ACTIVE,
     ErrorInfo,
     Event,
     EventType,
@@ -243,6 +242,11 @@ class MemoryBackend(Backend):
         return out
 
     def _requeue(self, job: JobRecord, *, reason: str) -> None:
+        if job.status is JobStatus.RUNNING and job.cancel_requested:
+            # someone asked to cancel it: the cancel completes instead of a second run
+            self._finish(job, JobStatus.CANCELLED, utcnow())
+            self._status_event(job, reason=reason)
+            return
         self._running.discard(job.id)
         job.status = JobStatus.QUEUED
         job.lease_token = None
@@ -365,7 +369,3 @@ class MemoryBackend(Backend):
 
     def notify_local(self, queues: Sequence[str]) -> None:
         self._work.set()
-
-
-def _active(job: JobRecord) -> bool:
-    return job.status in ACTIVE

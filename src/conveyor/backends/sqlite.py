@@ -95,6 +95,11 @@ INSERT OR IGNORE INTO conveyor_meta VALUES ('pos', 0);
 """
 
 _ACTIVE_SQL = "('queued', 'scheduled', 'running')"
+# where a running job goes when its attempt is given up without a verdict (release, lease expiry)
+_BACK_OR_CANCELLED = (
+    "status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, "
+    "finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END"
+)
 _COLUMNS = (
     "id, task, queue, status, args, kwargs, priority, key, unique_key, attempts, max_attempts, "
     "timeout, enqueued_at, scheduled_for, started_at, finished_at, result, error, progress, retry, "
@@ -539,14 +544,18 @@ class SQLiteBackend(Backend):
 
         def work(conn: sqlite3.Connection, now: float) -> list[bool]:
             out: list[bool] = []
+            lanes: set[tuple[str, str]] = set()
             for lease in leases:
                 hit = self._settle(
                     conn, now, lease,
-                    "status = 'queued', attempts = attempts - 1, worker = NULL, run_at = ?, "
+                    f"{_BACK_OR_CANCELLED}, attempts = attempts - 1, worker = NULL, run_at = ?, "
                     "scheduled_for = NULL",
-                    (now,),
+                    (now, now),
                 )
                 out.append(hit is not None)
+                if hit is not None and hit[1] is not None:
+                    lanes.add((hit[0], hit[1]))
+            self._handoff(conn, lanes)
             self._status_events(
                 conn, now, [lz.job_id for lz, ok in zip(leases, out, strict=True) if ok],
                 reason="released",
@@ -630,14 +639,16 @@ class SQLiteBackend(Backend):
 
     async def recover(self) -> list[str]:
         def work(conn: sqlite3.Connection, now: float) -> list[str]:
-            ids = [r[0] for r in conn.execute(
-                "UPDATE conveyor_jobs SET status = 'queued', lease_token = NULL, "
+            # a job someone asked to cancel is not put back: its cancel completes here
+            rows = conn.execute(
+                f"UPDATE conveyor_jobs SET {_BACK_OR_CANCELLED}, lease_token = NULL, "
                 "lease_expires_at = NULL, worker = NULL, run_at = ?, scheduled_for = NULL "
-                "WHERE status = 'running' AND lease_expires_at < ? RETURNING id",
-                (now, now),
-            )]
-            self._status_events(conn, now, ids, reason="lease expired")
-            return ids
+                "WHERE status = 'running' AND lease_expires_at < ? RETURNING id, status, queue, key",
+                (now, now, now),
+            ).fetchall()
+            self._status_events(conn, now, [r[0] for r in rows], reason="lease expired")
+            self._handoff(conn, {(r[2], r[3]) for r in rows if r[1] == "cancelled" and r[3]})
+            return [r[0] for r in rows]
 
         ids = await self._write(work)
         if ids:
