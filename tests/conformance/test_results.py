@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -319,3 +320,25 @@ async def test_stats_count_jobs_by_status(queue: Queue) -> None:
         "failed": 1, "cancelled": 1, "dead": 0,
     }
     assert await scheduled.status() == "scheduled"
+
+
+async def test_purge_deletes_finished_jobs_past_retention_and_keeps_active_ones(queue: Queue) -> None:
+    """purge(before) deletes finished jobs and their events, never a queued one."""
+    from conveyor.backends.base import Backend
+
+    if type(queue.backend).purge is Backend.purge:
+        pytest.skip(f"{type(queue.backend).__name__} expires finished jobs by TTL instead")
+
+    @queue.task(name="quick")
+    async def quick() -> int:
+        return 1
+
+    done = await quick.enqueue()
+    async with queue.worker(concurrency=1):
+        assert await done.result(timeout=RESULT_TIMEOUT) == 1
+    waiting = await quick.enqueue()
+    assert await queue.backend.purge(datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert await queue.backend.purge(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await queue.backend.get(done.id) is None
+    assert await queue.backend.events(done.id) == []
+    assert (await waiting.status()) == "queued"

@@ -177,6 +177,13 @@ class Backend(ABC):
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:
         """Record a progress report of a running attempt. False if fenced."""
 
+    async def purge(self, before: datetime) -> int:
+        """Delete finished jobs (and their events) that finished before ``before``; return how many.
+
+        Engines that expire finished jobs on their own (a TTL) keep the default, which does nothing.
+        """
+        return 0
+
     # -- reads -----------------------------------------------------------------------------
     @abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:

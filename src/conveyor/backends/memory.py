@@ -314,6 +314,17 @@ class MemoryBackend(Backend):
         self._emit(job, "progress", {"fraction": fraction, "message": message})
         return True
 
+    async def purge(self, before: datetime) -> int:
+        old = [
+            job for job in self._jobs.values()
+            if job.status.terminal and job.finished_at is not None and job.finished_at < before
+        ]
+        for job in old:
+            del self._jobs[job.id]
+            self._seq.pop(job.id, None)
+            self._events.pop(job.id, None)
+        return len(old)
+
     # -- reads -----------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
         job = self._jobs.get(job_id)

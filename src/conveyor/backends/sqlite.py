@@ -82,6 +82,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_unique
 CREATE INDEX IF NOT EXISTS conveyor_jobs_running
     ON conveyor_jobs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS conveyor_jobs_pos ON conveyor_jobs (pos);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_finished
+    ON conveyor_jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS conveyor_events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -669,6 +671,19 @@ class SQLiteBackend(Backend):
                 return False
             self._events(conn, now, [(lease.job_id, "progress", data)])
             return True
+
+        return await self._write(work)
+
+    async def purge(self, before: datetime) -> int:
+        cutoff = before.timestamp()
+
+        def work(conn: sqlite3.Connection, now: float) -> int:
+            ids = [r[0] for r in conn.execute(
+                "DELETE FROM conveyor_jobs WHERE status IN ('succeeded', 'failed', 'dead', "
+                "'cancelled') AND finished_at < ? RETURNING id", (cutoff,),
+            )]
+            conn.executemany("DELETE FROM conveyor_events WHERE job_id = ?", [(i,) for i in ids])
+            return len(ids)
 
         return await self._write(work)
 

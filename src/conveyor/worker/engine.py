@@ -462,8 +462,18 @@ class Worker:
 
     async def _recover_loop(self) -> None:
         backend = self.queue.backend
-        interval = min(self.queue.settings.recover_interval, self.lease)
+        settings = self.queue.settings
+        interval = min(settings.recover_interval, self.lease)
+        next_purge = time.monotonic() + settings.purge_interval
         while True:
+            if settings.retention is not None and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + settings.purge_interval
+                try:
+                    purged = await backend.purge(utcnow() - timedelta(seconds=settings.retention))
+                    if purged:
+                        log.info("deleted %d finished job(s) past their retention", purged)
+                except Exception:
+                    log.warning("deleting old finished jobs failed", exc_info=True)
             try:
                 recovered = await backend.recover()
                 if recovered:
