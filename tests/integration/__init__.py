@@ -1,0 +1,1 @@
+"""Process-level tests: real worker processes, signals, crashes, one SQLite file."""

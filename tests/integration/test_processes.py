@@ -1,0 +1,98 @@
+"""``--processes 2``: two worker processes on one SQLite file share the work without duplicates."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from conveyor import Queue
+
+from .procs import Workers, all_jobs, count, process_gone, read_log, statuses, until
+
+pytestmark = pytest.mark.timeout(60)
+
+PLAIN = 300
+LANES = 4
+STEPS = 50  # per lane: 300 + 4 * 50 = 500 jobs
+
+
+async def test_two_processes_run_each_job_once_and_keep_lanes_in_order(
+    app_queue: Queue, workers: Workers, task_log: Path
+) -> None:
+    """500 jobs over two processes each run exactly once; each key's jobs run one at a time, in order."""
+    proc = workers.start("--processes", "2", "--concurrency", "10")
+    await until(lambda: proc.output().count(" started on ") == 2, 20, "both worker processes up")
+    tick, step = app_queue.tasks["tick"], app_queue.tasks["step"]
+    ids: set[str] = set()
+    # enqueue while the workers run, lanes interleaved, so both processes see every lane
+    for batch in range(STEPS // 5):
+        prepared = [tick.prepare(batch * 30 + i) for i in range(30)]
+        prepared += [step.prepare(lane, batch * 5 + s) for s in range(5) for lane in range(LANES)]
+        ids |= {job.id for job in await app_queue.enqueue_many(prepared)}
+    total = PLAIN + LANES * STEPS
+    assert len(ids) == total
+
+    async def all_succeeded() -> bool:
+        return (await statuses(app_queue)).get("succeeded", 0) == total
+
+    await until(all_succeeded, 40, f"all {total} jobs succeeded")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait_exit(15) == 0
+    assert await statuses(app_queue) == {"succeeded": total}
+
+    log = read_log(task_log)
+    runs = [e.job_id for e in log if e.event in ("run", "start")]
+    assert len(runs) == total and set(runs) == ids, "every job ran exactly once"
+    pids = {e.pid for e in log}
+    assert len(pids) == 2, f"both worker processes took jobs: {pids}"
+
+    lanes: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    lane_pids: dict[str, set[int]] = defaultdict(set)
+    for e in log:
+        if e.event in ("start", "end"):
+            lane, seq = e.fields
+            lanes[lane].append((e.event, int(seq)))
+            lane_pids[lane].add(e.pid)
+    assert len(lanes) == LANES
+    for lane, events in lanes.items():
+        expected = [(event, seq) for seq in range(STEPS) for event in ("start", "end")]
+        assert events == expected, f"lane {lane} ran out of order or overlapped: {events[:20]}"
+    assert any(len(p) == 2 for p in lane_pids.values()), "a lane crossed processes"
+
+
+async def test_supervisor_replaces_a_killed_worker_process_and_loses_nothing(
+    app_queue: Queue, workers: Workers, task_log: Path
+) -> None:
+    """SIGKILL one of two worker processes: the supervisor starts another and every job succeeds."""
+    work = app_queue.tasks["work"]
+    jobs = await app_queue.enqueue_many([work.prepare(n, 0.3) for n in range(60)])
+    proc = workers.start("--processes", "2", "--concurrency", "5")
+
+    def working_pids() -> list[int]:
+        return list(dict.fromkeys(e.pid for e in read_log(task_log) if e.event == "start"))
+
+    await until(lambda: len(working_pids()) == 2, 20, "both worker processes run jobs")
+    victim = working_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    await until(lambda: process_gone(victim), 5, "the worker process died")
+    running_at_kill = {
+        r.id
+        for r in await all_jobs(app_queue)
+        if r.status == "running" and r.worker and f":{victim}:" in r.worker
+    }
+    await proc.wait_output(f"worker process {victim} exited with -9; starting another")
+
+    async def all_succeeded() -> bool:
+        return (await statuses(app_queue)).get("succeeded", 0) == len(jobs)
+
+    await until(all_succeeded, 30, "every job succeeded")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait_exit(15) == 0
+    starts = count(task_log, "start")
+    assert set(count(task_log, "end")) == {job.id for job in jobs}
+    twice = {job_id for job_id, n in starts.items() if n > 1}
+    assert twice <= running_at_kill, "only jobs in flight on the killed process ran twice"
