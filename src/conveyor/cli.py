@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -103,7 +104,19 @@ def worker(
     names = [q.strip() for q in queues.split(",")] if queues else None
     if processes > 1:
         raise typer.Exit(_supervise(sys.argv[1:], processes))
-    raise typer.Exit(asyncio.run(_work(queue, concurrency, names, grace)))
+    code = asyncio.run(_work(queue, concurrency, names, grace))
+    abandoned = [t.name for t in threading.enumerate() if t.name.startswith("conveyor-job")]
+    if abandoned:
+        # a `def` job that outlived the grace period cannot be stopped (its job is already back
+        # in the queue); don't let its thread hold the process open
+        logging.getLogger("conveyor").warning(
+            "exiting with %d job thread(s) still running past the grace period", len(abandoned)
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 async def _work(queue: Queue, concurrency: int, queues: list[str] | None, grace: float | None) -> int:

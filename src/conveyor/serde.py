@@ -118,8 +118,10 @@ def error_info(exc: BaseException) -> ErrorInfo:
 class TaskSignature:
     """What a task accepts: validates enqueue arguments and rebuilds them in the worker."""
 
-    def __init__(self, fn: Callable[..., Any], *, context_type: type) -> None:
-        self.name = getattr(fn, "__qualname__", repr(fn))
+    def __init__(
+        self, fn: Callable[..., Any], *, context_type: type, name: str | None = None
+    ) -> None:
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
         sig = inspect.signature(fn)
         try:
             hints = typing.get_type_hints(fn, include_extras=True)

@@ -71,7 +71,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         if cpu and self.is_async:
             raise ConfigError(f"task {name!r}: cpu=True needs a plain `def` (it runs in a process)")
-        self.signature = TaskSignature(fn, context_type=Context)
+        self.signature = TaskSignature(fn, context_type=Context, name=name)
         if key is not None:
             self._check_key(key)
         functools.update_wrapper(self, fn)
