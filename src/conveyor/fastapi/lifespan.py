@@ -51,8 +51,11 @@ class QueueLifespan:
     def __repr__(self) -> str:
         return f"<QueueLifespan {self.queue!r} worker={self.run_worker}>"
 
-    def __call__(self, app: Any) -> contextlib.AbstractAsyncContextManager[Mapping[str, Any] | None]:
-        """The lifespan context for ``app`` (what FastAPI calls on startup)."""
+    def __call__(self, app: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The lifespan context for ``app`` (what FastAPI calls on startup).
+
+        It yields what the app's own lifespan yields (its state, or None).
+        """
         return self._run(app)
 
     @contextlib.asynccontextmanager
