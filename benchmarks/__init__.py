@@ -1,0 +1,1 @@
+"""Benchmarks for conveyor: ``make bench`` runs ``benchmarks/run.py``."""

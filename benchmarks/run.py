@@ -1,0 +1,394 @@
+"""conveyor benchmarks: enqueue rate, drain rate and pickup latency, per backend.
+
+    make bench                       # or: .venv/bin/python benchmarks/run.py
+    python benchmarks/run.py --targets sqlite-full --only drain --jobs 5000
+
+Each measurement is one ``async def measure_*(url, params) -> dict[str, float]`` run against a fresh,
+empty store whose URL a *target* hands out; adding a backend is one entry in ``TARGETS``, adding a
+figure is one function in ``MEASUREMENTS``. Every run is saved as ``results/<UTC time>.json`` and
+compared with the run before it. See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.bench_app` importable
+    sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.bench_app import make_queue  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+APP = "benchmarks.bench_app:queue"
+# wide enough for the results table when the output is a file or a pipe
+console = Console() if sys.stdout.isatty() else Console(width=130)
+
+
+# -- parameters and goals ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Params:
+    """How much work each measurement does."""
+
+    single: int = 3_000  # jobs enqueued one call at a time
+    batched: int = 20_000  # jobs enqueued with enqueue_many
+    batch_size: int = 500
+    jobs: int = 20_000  # jobs drained by one worker process
+    concurrency: int = 100  # the draining worker's --concurrency
+    samples: int = 300  # pickup latency samples
+    repeat: int = 3  # runs of each measurement; the median of each figure is kept
+    worker_prefix: tuple[str, ...] = ()  # e.g. ("py-spy", "record", "-o", "x.svg", "--")
+
+
+@dataclass(frozen=True)
+class Goal:
+    metric: str
+    op: str  # ">=" or "<="
+    value: float
+
+    def met(self, got: float) -> bool:
+        return got >= self.value if self.op == ">=" else got <= self.value
+
+
+GOALS = [Goal("drain_jobs_per_s", ">=", 5_000), Goal("pickup_p50_ms", "<=", 10.0)]
+
+# how each figure is shown, and whether more is better
+METRICS: dict[str, tuple[str, bool]] = {
+    "enqueue_single_jobs_per_s": ("enqueue, one call per job (jobs/s)", True),
+    "enqueue_batch_jobs_per_s": ("enqueue_many, batches of {batch_size} (jobs/s)", True),
+    "drain_jobs_per_s": ("drain {jobs} no-op jobs, 1 worker process (jobs/s)", True),
+    "pickup_p50_ms": ("pickup latency p50 (ms)", False),
+    "pickup_p99_ms": ("pickup latency p99 (ms)", False),
+}
+
+
+# -- targets: where the jobs are stored ------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """A backend under test: ``fresh()`` yields the URL of an empty store and removes it afterwards."""
+
+    name: str
+    describe: str
+    fresh: Callable[[], AbstractContextManager[str]]
+    goals: bool = False  # whether GOALS apply to this target
+
+
+def sqlite_target(synchronous: str, *, goals: bool = False) -> Target:
+    """A SQLite file in a temporary directory on the local disk."""
+
+    @contextmanager
+    def fresh() -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+            query = "" if synchronous == "full" else f"?synchronous={synchronous}"
+            yield f"sqlite:///{tmp}/bench.db{query}"
+
+    label = "the default" if synchronous == "full" else "opt-in"
+    return Target(f"sqlite-{synchronous}", f"SQLite, synchronous={synchronous} ({label})", fresh, goals)
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (sqlite_target("full", goals=True), sqlite_target("normal"))
+}
+
+
+# -- a worker process, started through the CLI -----------------------------------------------------
+def _new_log() -> tuple[Path, int]:
+    fd, name = tempfile.mkstemp(prefix="conveyor-bench-worker-", suffix=".log")
+    return Path(name), fd
+
+
+def _take_log(log: Path) -> str:
+    text = log.read_text(errors="replace")
+    log.unlink(missing_ok=True)
+    return text
+
+
+@asynccontextmanager
+async def worker_process(url: str, concurrency: int, params: Params) -> AsyncIterator[None]:
+    """Run ``python -m conveyor worker`` on ``url`` until the block ends; fail if it dies early."""
+    log, fd = _new_log()
+    cmd = [*params.worker_prefix, sys.executable, "-m", "conveyor", "worker", APP,
+           "--concurrency", str(concurrency), "--log-level", "warning"]
+    env = {**os.environ, "CONVEYOR_URL": url}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT
+        )
+    finally:
+        os.close(fd)
+    early: int | None = None
+    try:
+        yield
+        early = proc.returncode
+    finally:
+        if proc.returncode is None:
+            # SIGINT lets a profiler wrapped around the worker write its report before it exits
+            proc.send_signal(signal.SIGINT if params.worker_prefix else signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        output = _take_log(log)
+        if early is not None or proc.returncode not in (0, -signal.SIGTERM):
+            console.print(f"[yellow]worker output (exit {proc.returncode}):[/]\n{output}")
+    if early is not None:
+        raise RuntimeError(f"the worker exited early, with {early}")
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                 interval: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+# -- measurements: one function per figure ---------------------------------------------------------
+async def measure_enqueue_single(url: str, p: Params) -> dict[str, float]:
+    """``await task.enqueue()`` in a loop: one transaction (and, by default, one fsync) per job."""
+    queue = make_queue(url)
+    noop = queue.tasks["noop"]
+    async with queue:
+        await noop.enqueue()  # schema and connection set up outside the clock
+        start = time.perf_counter()
+        for _ in range(p.single):
+            await noop.enqueue()
+        elapsed = time.perf_counter() - start
+    return {"enqueue_single_jobs_per_s": p.single / elapsed}
+
+
+async def measure_enqueue_batch(url: str, p: Params) -> dict[str, float]:
+    """``queue.enqueue_many([task.prepare() ...])``: validation included, one transaction per batch."""
+    queue = make_queue(url)
+    noop = queue.tasks["noop"]
+    async with queue:
+        await noop.enqueue()
+        start = time.perf_counter()
+        for done in range(0, p.batched, p.batch_size):
+            await queue.enqueue_many([noop.prepare() for _ in range(min(p.batch_size, p.batched - done))])
+        elapsed = time.perf_counter() - start
+    return {"enqueue_batch_jobs_per_s": p.batched / elapsed}
+
+
+async def measure_drain(url: str, p: Params) -> dict[str, float]:
+    """Pre-enqueue ``jobs`` no-op jobs, then start one worker process and time it emptying the queue.
+
+    The clock runs from the first job's ``started_at`` to the last ``finished_at`` (both stamped by
+    the backend); the runner only polls ``stats()`` now and then to know when it is over.
+    """
+    queue = make_queue(url)
+    noop = queue.tasks["noop"]
+    async with queue:
+        first = None
+        for done in range(0, p.jobs, 1_000):
+            batch = await queue.enqueue_many([noop.prepare() for _ in range(min(1_000, p.jobs - done))])
+            first = first or batch[0]
+        assert first is not None
+
+        async def drained() -> bool:
+            return (await queue.stats())["succeeded"] >= p.jobs
+
+        async with worker_process(url, p.concurrency, p):
+            await _until(drained, timeout=max(120.0, p.jobs / 100), what="drain", interval=0.2)
+        started = (await first.info()).started_at
+        # jobs are claimed in enqueue order, so the last to finish is among the newest few hundred
+        tail = await queue.list_jobs(status="succeeded", limit=max(1_000, 5 * p.concurrency))
+        finished = max(r.finished_at for r in tail if r.finished_at is not None)
+        assert started is not None
+    seconds = (finished - started).total_seconds()
+    return {"drain_jobs_per_s": p.jobs / seconds, "drain_seconds": seconds}
+
+
+async def measure_pickup(url: str, p: Params) -> dict[str, float]:
+    """Enqueue one job at a time to an idle worker in another process; the job stamps its start.
+
+    Latency = the job's own ``time.time()`` at start minus ``time.time()`` just before enqueue
+    (one machine, one clock): the enqueue's commit, the worker noticing, claiming and starting it.
+    """
+    queue = make_queue(url)
+    task = queue.tasks["started_at"]
+    async with queue, worker_process(url, 10, p):
+        # wait until the worker is up, then warm it
+        for _ in range(10):
+            await (await task.enqueue(time.time())).result(timeout=60)
+        latencies = []
+        for _ in range(p.samples):
+            await asyncio.sleep(random.uniform(0.005, 0.015))  # an idle worker, not in lock-step
+            sent = time.time()
+            job = await task.enqueue(sent)
+            began = await job.result(timeout=30)
+            latencies.append((began - sent) * 1000)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"pickup_p50_ms": statistics.median(latencies), "pickup_p99_ms": cuts[98],
+            "pickup_mean_ms": statistics.fmean(latencies), "pickup_max_ms": max(latencies)}
+
+
+Measurement = Callable[[str, Params], Awaitable[dict[str, float]]]
+MEASUREMENTS: dict[str, Measurement] = {
+    "enqueue_single": measure_enqueue_single,
+    "enqueue_batch": measure_enqueue_batch,
+    "drain": measure_drain,
+    "pickup": measure_pickup,
+}
+
+
+# -- running, saving, comparing ---------------------------------------------------------------------
+@dataclass
+class Run:
+    when: str
+    commit: str
+    machine: dict[str, Any]
+    params: dict[str, Any]
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    # every repeat's figures, before taking medians
+    raw: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def machine() -> dict[str, Any]:
+    import sqlite3
+
+    return {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+async def run_all(targets: list[Target], names: list[str], p: Params) -> Run:
+    dirty = "+dirty" if _git("status", "--porcelain", "--untracked-files=no", "src") else ""
+    run = Run(when=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), commit=_git("rev-parse", "--short",
+              "HEAD") + dirty, machine=machine(), params={k: v for k, v in asdict(p).items()
+                                                           if k != "worker_prefix"})
+    run.machine["load_before"] = os.getloadavg()[0]
+    for target in targets:
+        raw: dict[str, list[float]] = {}
+        for name in names:
+            for i in range(p.repeat):
+                console.print(f"[dim]{target.name}: {name} {i + 1}/{p.repeat}…[/]", end=" ")
+                with target.fresh() as url:
+                    got = await MEASUREMENTS[name](url, p)
+                console.print(", ".join(f"{k} {v:,.1f}" for k, v in got.items()))
+                for k, v in got.items():
+                    raw.setdefault(k, []).append(round(v, 3))
+        run.raw[target.name] = raw
+        run.results[target.name] = {k: round(statistics.median(v), 3) for k, v in raw.items()}
+    run.machine["load_after"] = os.getloadavg()[0]
+    return run
+
+
+def previous_run(exclude: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    files = sorted(f for f in RESULTS.glob("*.json") if f != exclude)
+    if not files:
+        return None
+    return files[-1], json.loads(files[-1].read_text())
+
+
+def report(run: Run, p: Params, before: tuple[Path, dict[str, Any]] | None) -> bool:
+    """Print the figures beside the previous run's; return False if a goal was missed."""
+    old = before[1]["results"] if before else {}
+    title = f"conveyor benchmarks · {run.when} · {run.commit}"
+    if before:
+        title += f"  (compared with {before[0].name}, {before[1].get('commit', '?')})"
+    table = Table(title=title, title_justify="left")
+    for col, just in (("target", "left"), ("figure", "left"), ("now", "right"), ("before", "right"),
+                      ("change", "right"), ("goal", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    all_met = True
+    for target_name, figures in run.results.items():
+        target = TARGETS.get(target_name)
+        for metric, (label, higher_better) in METRICS.items():
+            if metric not in figures:
+                continue
+            now = figures[metric]
+            prev = old.get(target_name, {}).get(metric)
+            change = ""
+            if prev:
+                pct = (now - prev) / prev * 100
+                better = (pct > 0) == higher_better
+                style = "green" if better and abs(pct) >= 5 else "red" if abs(pct) >= 5 else "dim"
+                change = f"[{style}]{pct:+.0f}%[/]"
+            goal_text = ""
+            goal = next((g for g in GOALS if g.metric == metric), None)
+            if goal is not None and target is not None and target.goals:
+                met = goal.met(now)
+                all_met &= met
+                goal_text = f"[{'green' if met else 'bold red'}]{'met' if met else 'MISSED'} " \
+                            f"({goal.op} {goal.value:,g})[/]"
+            table.add_row(target_name, label.format(**asdict(p)), f"{now:,.1f}",
+                          f"{prev:,.1f}" if prev else "-", change, goal_text)
+        table.add_section()
+    console.print(table)
+    return all_met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help=f"comma-separated, from {sorted(TARGETS)} (default: all)")
+    parser.add_argument("--only", default=",".join(MEASUREMENTS),
+                        help=f"comma-separated, from {list(MEASUREMENTS)} (default: all)")
+    parser.add_argument("--jobs", type=int, default=Params.jobs, help="jobs to drain")
+    parser.add_argument("--concurrency", type=int, default=Params.concurrency,
+                        help="the draining worker's --concurrency")
+    parser.add_argument("--samples", type=int, default=Params.samples, help="pickup latency samples")
+    parser.add_argument("--single", type=int, default=Params.single, help="jobs enqueued one by one")
+    parser.add_argument("--repeat", type=int, default=Params.repeat,
+                        help="runs of each measurement (the median is kept)")
+    parser.add_argument("--worker-prefix", default="",
+                        help="run the worker under this command, e.g. 'py-spy record -o w.svg --'")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no results file")
+    args = parser.parse_args()
+
+    unknown = set(args.targets.split(",")) - set(TARGETS) | set(args.only.split(",")) - set(MEASUREMENTS)
+    if unknown:
+        parser.error(f"unknown target or measurement: {sorted(unknown)}")
+    p = Params(jobs=args.jobs, concurrency=args.concurrency, samples=args.samples, single=args.single,
+               repeat=args.repeat,
+               worker_prefix=tuple(args.worker_prefix.split()))
+    run = asyncio.run(run_all([TARGETS[t] for t in args.targets.split(",")], args.only.split(","), p))
+
+    before = previous_run()
+    all_met = report(run, p, before)
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{run.when.replace(':', '')}.json"
+        path.write_text(json.dumps(asdict(run), indent=2) + "\n")
+        console.print(f"saved {path.relative_to(ROOT)}")
+    load = run.machine["load_before"]
+    if load > 1.0:
+        console.print(f"[yellow]note: the machine was already busy (load average {load:.1f} on "
+                      f"{os.cpu_count()} cores): figures are noisier and lower than on a quiet machine[/]")
+    if not all_met:
+        console.print("[bold red]a goal was missed[/] (see benchmarks/README.md for the profile)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
