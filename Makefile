@@ -14,10 +14,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: help venv test lint typecheck pytest demo demo-web bench clean distclean
+.PHONY: help venv e2e-deps test lint typecheck pytest demo demo-worker bench clean distclean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## create .venv and install conveyor with its dev tools (once)
 	@:
@@ -36,19 +36,31 @@ lint: venv ## ruff over the code, tests, benchmarks and examples
 typecheck: venv ## mypy --strict over src/conveyor (config in pyproject.toml)
 	$(BIN)/mypy
 
-pytest: venv ## the test suite only
+e2e-deps: ## the browser tests' system packages: Debian's chromium and chromium-driver (as root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "apt-get install chromium chromium-driver"; \
+		apt-get update -qq </dev/null; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver </dev/null; \
+	else \
+		echo "browser tests skipped: sudo apt-get install chromium chromium-driver" >&2; \
+	fi
+
+pytest: venv e2e-deps ## the test suite only
 	$(BIN)/pytest -q
 
-test: venv ## lint, type-check, then the test suite; fails on the first that fails
+test: venv e2e-deps ## lint, type-check, then the test suite; fails on the first that fails
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-demo: venv ## a live demo: jobs on an embedded SQLite file, run by an in-process worker
-	$(BIN)/python examples/demo.py
-
-demo-web: venv ## the FastAPI demo: the welcome-email app served with its dashboard, driven for you
+demo: venv ## the FastAPI demo on SQLite: app + dashboard served, driven for you; exits by itself
 	$(BIN)/python examples/fastapi_demo.py
+
+demo-worker: venv ## jobs of every kind on an embedded SQLite file, run by an in-process worker
+	$(BIN)/python examples/demo.py
 
 bench: venv ## SQLite throughput and latency; saves benchmarks/results/<time>.json
 	$(BIN)/python benchmarks/run.py

@@ -80,6 +80,7 @@ PAGE = """<!doctype html>
 <p id="result"></p>
 <script>
 const $ = (id) => document.getElementById(id);
+const FINAL = ["succeeded", "failed", "dead", "cancelled"];
 $("start").addEventListener("click", async () => {
   $("start").disabled = true;
   const response = await fetch("/conversions", {
@@ -101,13 +102,13 @@ function follow(jobId) {
   events.addEventListener("status", async (message) => {
     const {data} = JSON.parse(message.data);
     $("status").textContent = data.status;
-    if (["succeeded", "failed", "dead", "cancelled"].includes(data.status)) {
-      events.close();  // finished: do not reconnect
-      const job = await (await fetch("/jobs/" + jobId)).json();
-      $("result").textContent = job.status === "succeeded"
-        ? "done: " + job.result.output : "error: " + (job.error ? job.error.message : job.status);
-      $("start").disabled = false;
-    }
+    if (!FINAL.includes(data.status)) return;
+    const job = await (await fetch("/jobs/" + jobId)).json();
+    if (!FINAL.includes(job.status)) return;  // an old verdict: the job was retried since
+    events.close();  // finished: do not reconnect
+    $("result").textContent = job.status === "succeeded"
+      ? "done: " + job.result.output : "error: " + (job.error ? job.error.message : job.status);
+    $("start").disabled = false;
   });
 }
 </script>

@@ -1,7 +1,7 @@
 """``GET /jobs/{id}/events``: Server-Sent Events over a real uvicorn server, with Last-Event-ID."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -166,3 +166,30 @@ async def test_bad_last_event_id_is_422(queue: Queue) -> None:
             assert response.status_code == 422, bad
         await job.result(timeout=10)
     assert await job.status() is JobStatus.SUCCEEDED
+
+
+async def test_stream_of_a_retried_job_goes_past_its_old_verdict(
+    queue: Queue, wait_until: Callable[..., Awaitable[Any]]
+) -> None:
+    """A job retried by hand replays its earlier failure, then follows the new run to its end."""
+    steps = Steps()
+    convert = register(queue, steps)
+    async with live_server(make_app(queue)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        job = await convert.enqueue(1)
+        steps.go.put_nowait("fail")
+        await wait_until(lambda: _has_status(job, JobStatus.FAILED), 10, message="the job failed")
+        assert (await client.post(f"/jobs/{job.id}/retry")).status_code == 200
+        async with client.stream("GET", f"/jobs/{job.id}/events") as response:
+            events = read_events(response.aiter_lines())
+            statuses: list[str] = []
+            async for event in events:
+                if event.event == "status":
+                    statuses.append(event.json()["data"]["status"])
+                    if statuses[-1] == "running" and "failed" in statuses:
+                        steps.go.put_nowait("go")
+        assert statuses[statuses.index("failed") + 1:][-1] == "succeeded", statuses
+        assert statuses.count("failed") == 1
+
+
+async def _has_status(job: Any, wanted: JobStatus) -> bool:
+    return await job.status() is wanted

@@ -9,7 +9,8 @@ Each event goes out as::
 ``id`` is the event's per-job ``seq``, so a browser's ``EventSource`` that reconnects sends it back
 as ``Last-Event-ID`` and the stream continues after it. The stream replays what happened before
 the client connected, follows the job live with a keep-alive comment every ``heartbeat`` seconds
-(which is also how a gone client is noticed), and ends after the job's terminal status event.
+(which is also how a gone client is noticed), and ends after the terminal status event that
+leaves the job finished (a job retried by hand has older ones in its history, and goes on).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ async def job_stream(
         for event in batch:
             after = event.seq
             yield encode(event)
-            if event.terminal:
-                return
         if batch:
+            # a terminal event ends the stream only if it is the job's last word: a job retried
+            # by hand has earlier terminal events in its history, and lives on after them
+            if batch[-1].terminal and await _finished(backend, job_id, after):
+                return
             continue
         record = await backend.get(job_id)
         if record is None or record.status.terminal:
@@ -70,3 +73,9 @@ async def job_stream(
                 yield encode(event)
             return
         yield KEEPALIVE
+
+
+async def _finished(backend: Backend, job_id: str, after: int) -> bool:
+    """True when the job is over and nothing happened to it after event ``after``."""
+    record = await backend.get(job_id)
+    return record is None or (record.status.terminal and not await backend.events(job_id, after))
