@@ -21,7 +21,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ try:  # the package may not be installed into the venv yet; test the source tree
     import conveyor  # noqa: F401
 except ImportError:  # pragma: no cover - depends on how the venv was made
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from redis_server import RedisServer, redis_server_binary  # tests/ is on sys.path
 
 if TYPE_CHECKING:
     from conveyor import Queue
@@ -74,11 +77,33 @@ def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
 
+def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    server = request.getfixturevalue("redis_server")
+    return server.url(prefix=f"test-{uuid.uuid4().hex[:12]}")  # own key prefix per test
+
+
 #: every backend the conformance suite runs against; add a server backend with one factory
 BACKENDS: dict[str, BackendFactory] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
 }
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway ``redis-server`` on a free port for the whole session (never a shared one).
+
+    Skips, loudly, when ``redis-server`` is not installed, except under ``CI=true``: there it fails.
+    """
+    if redis_server_binary() is None:
+        reason = "!!! redis-server is not installed (apt-get install redis-server); Redis untested !!!"
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
 
 #: backends whose jobs survive closing and reopening the store (see ``QueueFactory.durable``)
 DURABLE = {"sqlite", "redis", "postgres"}

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -225,6 +225,16 @@ class Backend(ABC):
             if left <= 0:
                 return []
             await asyncio.sleep(min(left, self.poll_interval))
+
+    async def watch_cancellations(
+        self, callback: Callable[[str], None]
+    ) -> Callable[[], None] | None:
+        """Push cancel requests of running jobs: call ``callback(job_id)`` for each, from the loop.
+
+        Return a function that stops the watching, or None when the engine cannot push (the
+        default): the worker then polls ``cancel_requested`` instead.
+        """
+        return None
 
     def notify_local(self, queues: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Wake waiters in this process after an enqueue (engines without push use it)."""

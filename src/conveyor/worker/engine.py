@@ -42,6 +42,8 @@ log = logging.getLogger("conveyor.worker")
 StopReason = Literal["cancel", "timeout", "shutdown", "lost"]
 # errors that another attempt cannot fix: the job fails at once, whatever its retry policy
 _PERMANENT = (UnknownTask, ArgumentError, NotSerializable)
+# seconds between cancel_requested polls when the backend pushes cancel requests (a lost push)
+_CANCEL_BACKSTOP = 2.0
 
 
 @dataclass(slots=True, eq=False)
@@ -89,6 +91,7 @@ class Worker:
         )
         self._started = False
         self._shutdown: asyncio.Future[None] | None = None
+        self._unwatch: Callable[[], None] | None = None  # stops pushed cancel requests
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} queues={self.queues} running={len(self._running)}>"
@@ -117,6 +120,7 @@ class Worker:
             return
         self._started = True
         await self.queue.open()
+        self._unwatch = await self.queue.backend.watch_cancellations(self._cancel_pushed)
         self._watchdog.start()
         for coro in (self._claim_loop(), self._ack_loop(), self._lease_loop(),
                      self._cancel_loop(), self._recover_loop()):
@@ -164,6 +168,8 @@ class Worker:
         for loop_task in self._loops[1:]:
             loop_task.cancel()
         await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        if self._unwatch is not None:
+            self._unwatch()
         self._watchdog.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._procs.close()
@@ -446,6 +452,8 @@ class Worker:
     async def _cancel_loop(self) -> None:
         backend = self.queue.backend
         interval = self.queue.settings.cancel_poll
+        if self._unwatch is not None:  # requests are pushed; polling is only the backstop
+            interval = max(interval, _CANCEL_BACKSTOP)
         while True:
             await asyncio.sleep(interval)
             if not self._running:
@@ -459,6 +467,11 @@ class Worker:
                 run = self._running.get(job_id)
                 if run is not None:
                     self._interrupt(run, "cancel")
+
+    def _cancel_pushed(self, job_id: str) -> None:
+        run = self._running.get(job_id)
+        if run is not None:
+            self._interrupt(run, "cancel")
 
     async def _recover_loop(self) -> None:
         backend = self.queue.backend

@@ -1,0 +1,76 @@
+-- Take up to `limit` due jobs, best first, each with a fresh lease.
+-- ARGV[3] worker, ARGV[4] limit, ARGV[5] lease seconds, ARGV[6] token prefix (random per call),
+-- ARGV[7..] queue names.
+-- Returns {next, record, record, ...}: `next` is the number of seconds (Redis clock) until the
+-- earliest scheduled job of these queues is due ('' if none, only computed when the queues ran
+-- dry), then the claimed records in order.
+local now = clock()
+local worker, limit, lease, prefix = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local queues = {}
+for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
+
+-- due scheduled lane heads join the ready set, where priority decides
+for _, q in ipairs(queues) do
+  local sk = qkey(q, 'scheduled')
+  local due = redis.call('ZRANGEBYSCORE', sk, '-inf', ts(now), 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    local f = redis.call('HMGET', jkey(id), 'priority', 'seq')
+    redis.call('ZADD', qkey(q, 'ready'), -tonumber(f[1]), member(tonumber(f[2]), id))
+  end
+  if #due > 0 then redis.call('ZREM', sk, unpack(due)) end
+end
+
+-- candidates: the best `limit` of each queue, merged by (score, member)
+local picked = {}
+if #queues == 1 then
+  local rk = qkey(queues[1], 'ready')
+  for _, m in ipairs(redis.call('ZRANGE', rk, 0, limit - 1)) do
+    picked[#picked + 1] = {rk, m}
+  end
+else
+  local all = {}
+  for _, q in ipairs(queues) do
+    local rk = qkey(q, 'ready')
+    local got = redis.call('ZRANGE', rk, 0, limit - 1, 'WITHSCORES')
+    for i = 1, #got, 2 do all[#all + 1] = {rk, got[i], tonumber(got[i + 1])} end
+  end
+  table.sort(all, function(a, b)
+    if a[3] ~= b[3] then return a[3] < b[3] end
+    return a[2] < b[2]
+  end)
+  for i = 1, math.min(limit, #all) do picked[i] = all[i] end
+end
+
+local out = {''}
+local expires = ts(now + lease)
+local started = ts(now)
+local rzk = P .. ':running'
+for i, p in ipairs(picked) do
+  redis.call('ZREM', p[1], p[2])
+  local id = string.sub(p[2], 17)
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'status', 'queue')
+  -- the index only holds waiting lane heads; anything else is a stale entry to drop
+  if f[1] == 'queued' or f[1] == 'scheduled' then
+    move(jk, f[2], f[1], 'running')
+    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+    redis.call('HSET', jk, 'started_at', started, 'worker', worker, 'cancel_requested', 0,
+      'lease_token', prefix .. i, 'lease_expires_at', expires)
+    redis.call('HDEL', jk, 'finished_at')
+    redis.call('ZADD', rzk, expires, id)
+    status_event(id, jk, 'running', attempts, ',"worker":' .. cjson.encode(worker), now)
+    out[#out + 1] = record(jk)
+  end
+end
+
+if #out - 1 < limit then
+  local soonest = nil
+  for _, q in ipairs(queues) do
+    local first = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
+    if first[2] and (soonest == nil or tonumber(first[2]) < soonest) then
+      soonest = tonumber(first[2])
+    end
+  end
+  if soonest then out[1] = ts(math.max(0, soonest - now)) end
+end
+return out

@@ -1,0 +1,27 @@
+-- End a failed attempt. ARGV[3] id, ARGV[4] token, ARGV[5] error JSON, ARGV[6] retry_at
+-- timestamp or '' (none), ARGV[7] final status when there is no retry ('failed' or 'dead').
+-- Returns 1, or 0 when fenced out.
+local now = clock()
+local id, err, retry_at = ARGV[3], ARGV[5], ARGV[6]
+local jk = jkey(id)
+local f = held(jk, ARGV[4])
+if not f then return 0 end
+local q = f[3]
+redis.call('HSET', jk, 'error', err)
+if retry_at == '' then
+  finish(id, jk, q, 'running', ARGV[7], f[4], f[5], now)
+  status_event(id, jk, ARGV[7], f[6], ',"error":' .. err, now)
+else
+  -- the job keeps its lane (it is still the head) and waits for its next attempt
+  local status = tonumber(retry_at) > now and 'scheduled' or 'queued'
+  move(jk, q, 'running', status)
+  redis.call('HSET', jk, 'scheduled_for', retry_at)
+  redis.call('HDEL', jk, 'lease_token', 'lease_expires_at')
+  redis.call('ZREM', P .. ':running', id)
+  status_event(id, jk, status, f[6], ',"error":' .. err, now)
+  local g = redis.call('HMGET', jk, 'priority', 'seq')
+  make_available(id, q, status, tonumber(g[1]), tonumber(g[2]),
+                 status == 'scheduled' and retry_at or nil)
+end
+wake_all()
+return 1

@@ -1,0 +1,26 @@
+-- Put a failed, dead or cancelled job back at the end of its queue, attempts starting over.
+-- ARGV[3] id. Returns the record afterwards, or nil when there is no such job.
+local now = clock()
+local id = ARGV[3]
+local jk = jkey(id)
+local f = redis.call('HMGET', jk, 'status', 'queue', 'key', 'unique', 'priority')
+if not f[1] then return nil end
+local status, q, key, unique = f[1], f[2], f[3], f[4]
+if status == 'failed' or status == 'dead' or status == 'cancelled' then
+  redis.call('PERSIST', jk)
+  redis.call('ZREM', P .. ':done', id .. '\n' .. status .. '\n' .. q)
+  local seq = redis.call('INCR', P .. ':seq')
+  move(jk, q, status, 'queued')
+  redis.call('HSET', jk, 'seq', seq, 'attempts', 0, 'cancel_requested', 0)
+  redis.call('HDEL', jk, 'finished_at', 'started_at', 'lease_token', 'lease_expires_at',
+             'worker', 'scheduled_for')
+  redis.call('ZADD', P .. ':all', seq, id)
+  redis.call('ZADD', qkey(q, 'all'), seq, id)
+  if unique then redis.call('HSETNX', qkey(q, 'unique'), unique, id) end
+  local head = true
+  if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
+  status_event(id, jk, 'queued', 0, ',"reason":"retried"', now)
+  if head then make_available(id, q, 'queued', tonumber(f[5]), seq, nil) end
+end
+wake_all()
+return record(jk)
