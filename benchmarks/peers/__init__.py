@@ -1,0 +1,1 @@
+"""conveyor beside the queues a user would pick instead, on one local Redis (see compare.py)."""
