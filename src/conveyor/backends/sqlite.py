@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
+from conveyor.backends.doorbell import Doorbell
 from conveyor.errors import BackendError, ConfigError
 from conveyor.model import (
     ErrorInfo,
@@ -169,7 +170,11 @@ class SQLiteBackend(Backend):
         self._conn: sqlite3.Connection | None = None
         self._watch: sqlite3.Connection | None = None
         self._data_version = -1
-        self._local = asyncio.Event()
+        self._doorbell = Doorbell(self.path)
+        self._changes = 0  # changes seen: our own commits, and rings/polls for other processes'
+        self._change: asyncio.Future[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._claim_mark = 0
         self._open_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -213,6 +218,10 @@ class SQLiteBackend(Backend):
         executor, self._executor = self._executor, None
         if executor is None:
             return
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
+        loop = asyncio.get_running_loop()
         conn, watch = self._conn, self._watch
         self._conn = self._watch = None
 
@@ -222,8 +231,9 @@ class SQLiteBackend(Backend):
             if watch is not None:
                 watch.close()
 
-        await asyncio.get_running_loop().run_in_executor(executor, shut)
+        await loop.run_in_executor(executor, shut)
         executor.shutdown(wait=True)
+        self._doorbell.close(loop.remove_reader)
 
     # -- plumbing --------------------------------------------------------------------------
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -263,12 +273,20 @@ class SQLiteBackend(Backend):
         return SQLiteBackend._Tx(conn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection, float], T]) -> T:
-        def work() -> T:
+        def work() -> tuple[T, bool]:
             assert self._conn is not None
+            before = self._conn.total_changes
             with self._tx(self._conn) as conn:
-                return fn(conn, time.time())
+                out = fn(conn, time.time())
+            changed = self._conn.total_changes != before
+            if changed:
+                self._doorbell.ring()  # other processes' waiters; on this thread, off the loop
+            return out, changed
 
-        return await self._run(work)
+        out, changed = await self._run(work)
+        if changed:
+            self._signal()
+        return out
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def work() -> T:
@@ -389,15 +407,14 @@ class SQLiteBackend(Backend):
             self._status_events(conn, now, added)
             return out
 
-        out = await self._write(work)
-        self._local.set()
-        return out
+        return await self._write(work)
 
     async def claim(
         self, queues: Sequence[str], worker: str, limit: int, lease: float
     ) -> list[JobRecord]:
         if limit <= 0 or not queues:
             return []
+        self._claim_mark = self._changes
         marks = ",".join("?" * len(queues))
         select = (
             "SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_claim "
@@ -535,10 +552,7 @@ class SQLiteBackend(Backend):
                 self._handoff(conn, {(hit[0], hit[1])})
             return True
 
-        ok = await self._write(work)
-        if ok and retry_at is not None:
-            self._local.set()
-        return ok
+        return await self._write(work)
 
     async def release(self, leases: Sequence[Lease]) -> list[bool]:
         if not leases:
@@ -564,9 +578,7 @@ class SQLiteBackend(Backend):
             )
             return out
 
-        out = await self._write(work)
-        self._local.set()
-        return out
+        return await self._write(work)
 
     async def cancel(
         self, job_id: str, *, lease: Lease | None = None, error: ErrorInfo | None = None
@@ -635,9 +647,7 @@ class SQLiteBackend(Backend):
             ).fetchone()
             return _record(found)
 
-        out = await self._write(work)
-        self._local.set()
-        return out
+        return await self._write(work)
 
     async def recover(self) -> list[str]:
         def work(conn: sqlite3.Connection, now: float) -> list[str]:
@@ -652,10 +662,7 @@ class SQLiteBackend(Backend):
             self._handoff(conn, {(r[2], r[3]) for r in rows if r[1] == "cancelled" and r[3]})
             return [r[0] for r in rows]
 
-        ids = await self._write(work)
-        if ids:
-            self._local.set()
-        return ids
+        return await self._write(work)
 
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:
         data = {"fraction": fraction, "message": message}
@@ -760,10 +767,17 @@ class SQLiteBackend(Backend):
         return await self._read(work)
 
     # -- waiting ---------------------------------------------------------------------------
-    def _changed(self) -> bool:
-        """True when another connection committed since the last look (cheap: shared memory)."""
+    def _signal(self) -> None:
+        """Something changed: wake every waiter in this process."""
+        self._changes += 1
+        fut, self._change = self._change, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _data_changed(self) -> bool:
+        """True when some connection committed since the last look (cheap: shared memory)."""
         if self._watch is None:
-            return True
+            return False
         try:
             version: int = self._watch.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.OperationalError:
@@ -771,6 +785,37 @@ class SQLiteBackend(Backend):
         changed = version != self._data_version
         self._data_version = version
         return changed
+
+    async def _watch_changes(self, interval: float) -> None:
+        """Poll for other processes' commits while anyone waits (a backstop when rung)."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self._change is None:
+                    return  # nobody waits; the next waiter starts a new watch
+                if self._data_changed():
+                    self._signal()
+        finally:
+            self._monitor = None
+
+    async def _next_change(self, seen: int, timeout: float) -> bool:
+        """Wait until a change after ``seen`` (a value of ``_changes``); False on timeout."""
+        loop = asyncio.get_running_loop()
+        if self._monitor is None:
+            rung = self._doorbell.listen(self._signal, loop.add_reader)
+            if self._data_changed():  # a commit since the monitor last looked
+                self._signal()
+            interval = 0.1 if rung else self.poll_interval
+            self._monitor = loop.create_task(self._watch_changes(interval))
+        if self._changes != seen:
+            return True
+        if self._change is None:
+            self._change = loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._change), timeout)
+        except TimeoutError:
+            return self._changes != seen
+        return True
 
     async def _next_due(self, queues: Sequence[str]) -> float | None:
         marks = ",".join("?" * len(queues))
@@ -786,21 +831,29 @@ class SQLiteBackend(Backend):
         return await self._read(work)
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        seen = self._claim_mark
+        if self._changes != seen:
+            return  # something changed while the last claim ran: look again
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         due = await self._next_due(queues)
         if due is not None:
             deadline = min(deadline, loop.time() + max(0.0, due - time.time()))
-        while not self._local.is_set():
+        await self._next_change(seen, max(0.0, deadline - loop.time()))
+
+    async def wait_for_events(self, job_id: str, after: int, timeout: float) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            seen = self._changes
+            found = await self.events(job_id, after)
             left = deadline - loop.time()
-            if left <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._local.wait(), min(left, self.poll_interval))
-            except TimeoutError:
-                if self._changed():
-                    return
-        self._local.clear()
+            if found or left <= 0:
+                return found
+            if not await self._next_change(seen, left):
+                return []
+            # under load changes come thousands a second: look at most every few milliseconds
+            await asyncio.sleep(0.005)
 
     def notify_local(self, queues: Sequence[str]) -> None:
-        self._local.set()
+        self._signal()
