@@ -55,9 +55,25 @@ def until(browser: Any, condition: Callable[[], T | None], message: str, timeout
 
 
 def text(browser: Any, selector: str) -> str:
-    """The visible text of the first element matching ``selector`` ('' when there is none)."""
-    found = browser.find_elements(By, selector)
-    return str(found[0].text) if found else ""
+    """The rendered text of the first element matching ``selector`` ('' when there is none).
+
+    Read in one step in the page, so a re-render between finding and reading cannot interfere.
+    """
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(browser.execute_script(script, selector))
+
+
+def click(browser: Any, selector: str) -> None:
+    """Click the first element matching ``selector``, once the page has it (re-renders tolerated)."""
+
+    def attempt() -> bool:
+        found = browser.find_elements(By, selector)
+        if not found:
+            return False
+        found[0].click()
+        return True
+
+    until(browser, attempt, f"to click {selector}")
 
 
 def open_dashboard(browser: Any, server: Server) -> None:
@@ -99,7 +115,7 @@ def test_user_data_is_escaped(browser: Any, site: Site) -> None:
     hostile = f'#failed .failure[data-job-id="{ids["hostile"]}"]'
     until(browser, lambda: browser.find_elements(By, hostile), "the hostile failure is listed")
     assert '<img src=x onerror="window.__xss=1">' in text(browser, hostile)
-    browser.find_element(By, f"{hostile} .head strong").click()
+    click(browser, f"{hostile} .head strong")
     until(browser, lambda: ids["hostile"] in text(browser, "#detail-body"), "its record in the panel")
     assert "<script>window.__xss=2</script>" in text(browser, '#detail-body [data-role="args"]')
     assert browser.execute_script("return window.__xss") is None
@@ -113,7 +129,7 @@ def test_traceback_is_shown(browser: Any, site: Site) -> None:
     open_dashboard(browser, server)
     failure = f'#failed .failure[data-job-id="{ids["failed"]}"]'
     until(browser, lambda: browser.find_elements(By, failure), "the failure is listed")
-    browser.find_element(By, f"{failure} summary").click()
+    click(browser, f"{failure} summary")
     trace = until(
         browser,
         lambda: (t := text(browser, f"{failure} pre.traceback")) and "Traceback" in t and t,
@@ -130,7 +146,7 @@ def test_progress_is_followed_live(browser: Any, site: Site) -> None:
     open_dashboard(browser, server)
     row = f'#recent tbody tr[data-job-id="{ids["converting"]}"]'
     until(browser, lambda: browser.find_elements(By, row), "the running job is listed")
-    browser.find_element(By, f"{row} td:nth-child(2)").click()
+    click(browser, f"{row} td:nth-child(2)")
     progress = '#detail-body [data-role="progress-text"]'
     until(browser, lambda: ids["converting"] in text(browser, "#detail-body"), "the panel shows the job")
     for step, percent in enumerate(("25%", "50%", "75%", "100%"), start=1):
@@ -147,7 +163,7 @@ def test_cancel_button_cancels_a_waiting_job(browser: Any, site: Site) -> None:
     open_dashboard(browser, server)
     button = f'#recent tbody tr[data-job-id="{ids["waiting"]}"] button.cancel'
     until(browser, lambda: browser.find_elements(By, button), "the cancel button")
-    browser.find_element(By, button).click()
+    click(browser, button)
     poll(lambda: status(server, ids["waiting"]) == "cancelled", 10, "the job is cancelled")
     until(browser, lambda: text(browser, f'#recent tbody tr[data-job-id="{ids["waiting"]}"] .badge')
           == "cancelled", "the row shows it")
@@ -160,7 +176,7 @@ def test_retry_button_runs_a_dead_job_again(browser: Any, site: Site) -> None:
     open_dashboard(browser, server)
     button = f'#failed .failure[data-job-id="{ids["failed"]}"] button.retry'
     until(browser, lambda: browser.find_elements(By, button), "the retry button")
-    browser.find_element(By, button).click()
+    click(browser, button)
 
     def deaths() -> int:
         with httpx.stream("GET", f"{server.url}/jobs/{ids['failed']}/events", timeout=10) as response:
@@ -191,7 +207,7 @@ def test_progress_example_page_shows_the_conversion(browser: Any, tmp_path: Path
     with serve("progress:app", app_dir=EXAMPLES, workdir=tmp_path,
                env={"CONVERT_STEP_SECONDS": "0.1"}) as server:
         browser.get(server.url + "/")
-        browser.find_element(By, "#start").click()
+        click(browser, "#start")
         until(browser, lambda: "encoded segment" in text(browser, "#message"), "progress arrives")
         until(browser, lambda: text(browser, "#status") == "succeeded", "the conversion succeeds")
         assert browser.find_element(By, "#bar").get_attribute("value") == "1"

@@ -291,3 +291,16 @@ async def test_plain_context_param_in_a_dependency_fails_at_startup(queue: Queue
     with pytest.raises(ConfigError, match="JobContext"):
         async with queue.lifespan()(FastAPI()):
             pass
+
+
+def cpu_with_dependency(x: int, db: str = Depends(lambda: "db")) -> int:
+    """A cpu=True task cannot have dependencies: it runs in another process."""
+    return x
+
+
+async def test_cpu_task_with_dependencies_is_refused_at_startup(queue: Queue) -> None:
+    """A ``cpu=True`` task declaring a dependency is a ConfigError when the app starts."""
+    queue.task(cpu=True)(cpu_with_dependency)
+    with pytest.raises(ConfigError, match="cpu=True"):
+        async with queue.lifespan()(FastAPI()):
+            pass

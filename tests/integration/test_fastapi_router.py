@@ -40,9 +40,16 @@ async def test_get_returns_the_job_record_as_json(queue: Queue) -> None:
     assert body["id"] == job.id and body["status"] == "queued"
     assert body["args"] + list(body["kwargs"].values()) == [7, "hello"]
     assert body["key"] == "user:7" and body["priority"] == 3
+    assert (await client_get_upper(queue, job.id)) == 200, "ids are accepted in upper case"
     for name in ("task", "queue", "unique", "attempts", "max_attempts", "enqueued_at", "scheduled_for",
                  "started_at", "finished_at", "result", "error", "progress"):
         assert name in body
+
+
+async def client_get_upper(queue: Queue, job_id: str) -> int:
+    """The status code of ``GET /jobs/{ID}`` with the id in upper case."""
+    async with client_for(make_app(queue)) as client:
+        return (await client.get(f"/jobs/{job_id.upper()}")).status_code
 
 
 @pytest.mark.parametrize("bad", ["not-a-uuid", "123", "01936f4e8a1b7c3d9e2f0a1b2c3d4e5f", "x" * 36])

@@ -58,6 +58,11 @@ def _graph(task: Task[Any, Any]) -> Dependant:
     found = _graphs.get(task)
     if found is not None:
         return found
+    if task.cpu:
+        raise ConfigError(
+            f"task {task.name!r}: a cpu=True task runs in another process and cannot have FastAPI "
+            "dependencies; resolve them in an async task and pass plain data to the cpu one"
+        )
     declared = inspect.signature(task.fn).parameters
     params = [
         declared[name].replace(kind=inspect.Parameter.KEYWORD_ONLY)

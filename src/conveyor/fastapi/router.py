@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi import status as http
 from fastapi.responses import HTMLResponse
 
 from conveyor.errors import JobNotFound
@@ -88,7 +89,7 @@ def job_router(
         try:
             return await queue.job(job_id.lower()).info()
         except JobNotFound:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}") from None
+            raise HTTPException(http.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}") from None
 
     @router.get("", name="conveyor_list_jobs", summary="List jobs")
     async def list_jobs(
@@ -153,7 +154,7 @@ def job_router(
         start = last_event_id if last_event_id is not None else (after or 0)
         backend = await queue._backend()
         if record.status.terminal and not await backend.events(record.id, start):
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
+            return Response(status_code=http.HTTP_204_NO_CONTENT)
         return EventStreamResponse(job_stream(backend, record.id, start, heartbeat))
 
     @router.post(
@@ -169,7 +170,7 @@ def job_router(
         record = await find(job_id)
         if record.status not in _CANCELLABLE:
             raise HTTPException(
-                status.HTTP_409_CONFLICT, f"job {record.id} already {record.status.value}: nothing to cancel"
+                http.HTTP_409_CONFLICT, f"job {record.id} already {record.status.value}: nothing to cancel"
             )
         job = queue.job(record.id)
         await job.cancel()
@@ -184,7 +185,7 @@ def job_router(
         record = await find(job_id)
         if record.status not in _RETRYABLE:
             raise HTTPException(
-                status.HTTP_409_CONFLICT,
+                http.HTTP_409_CONFLICT,
                 f"job {record.id} is {record.status.value}: only failed, dead or cancelled jobs "
                 "can be retried",
             )
