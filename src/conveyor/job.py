@@ -75,11 +75,16 @@ class Job(Generic[R]):
             raise JobNotFound(self.id)
         while True:
             batch = await backend.wait_for_events(self.id, after, timeout=1.0)
-            for event in batch:
+            for i, event in enumerate(batch):
                 after = event.seq
                 yield event
-                if event.terminal:
-                    return
+                # a job retried by hand has an old verdict in its history: go past it
+                if event.terminal and i == len(batch) - 1:
+                    record = await backend.get(self.id)
+                    if record is None or (
+                        record.status.terminal and not await backend.events(self.id, after)
+                    ):
+                        return
             if not batch:
                 record = await backend.get(self.id)
                 if record is not None and record.status.terminal:

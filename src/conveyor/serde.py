@@ -152,6 +152,7 @@ class TaskSignature:
             self.adapters[param.name] = _adapter(annotation)
             self.var_kinds[param.name] = param.kind
         self.signature = sig.replace(parameters=payload)
+        self.full_signature = sig
         ret = hints.get("return", sig.return_annotation)
         self.return_adapter = None if ret in (None, type(None)) else _adapter(ret)
 
@@ -210,8 +211,26 @@ class TaskSignature:
         return out
 
     # -- worker side -----------------------------------------------------------------------
-    def decode(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Rebuild the Python arguments from a stored payload, or raise :class:`ArgumentError`."""
+    def decode(
+        self, args: list[Any], kwargs: dict[str, Any], injected: Mapping[str, Any] | None = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The call's ``(args, kwargs)``: the stored payload validated, plus injected values.
+
+        Raises :class:`ArgumentError` when the payload does not fit the signature.
+        """
+        return self.assemble(self.decode_values(args, kwargs), injected or {})
+
+    def assemble(
+        self, values: Mapping[str, Any], injected: Mapping[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Lay out payload values and injected ones (ctx, dependencies) by the full signature."""
+        merged = {**values, **injected}
+        ordered = {name: merged[name] for name in self.full_signature.parameters if name in merged}
+        call = inspect.BoundArguments(self.full_signature, ordered)
+        return list(call.args), dict(call.kwargs)
+
+    def decode_values(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The stored payload validated into Python values, by parameter name."""
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ArgumentError(f"{self.name}(): stored payload is malformed (args/kwargs)")
         bound = self.bind(tuple(args), kwargs)
@@ -231,8 +250,7 @@ class TaskSignature:
                     out[name] = adapter.validate_python(value)
             except pydantic.ValidationError as exc:
                 raise ArgumentError(f"{self.name}() stored argument {name!r}: {_short(exc)}") from None
-        rebound = inspect.BoundArguments(self.signature, out)
-        return list(rebound.args), dict(rebound.kwargs)
+        return out
 
     def encode_result(self, value: Any) -> Any:
         """The task's return value as JSON, or raise :class:`NotSerializable`."""

@@ -342,3 +342,37 @@ async def test_purge_deletes_finished_jobs_past_retention_and_keeps_active_ones(
     assert await queue.backend.get(done.id) is None
     assert await queue.backend.events(done.id) == []
     assert (await waiting.status()) == "queued"
+
+
+async def test_a_leading_ctx_parameter_is_injected_and_positional_args_still_fit(queue: Queue) -> None:
+    """A task whose first parameter is `ctx: Context` gets the context; the payload fills the rest."""
+
+    @queue.task(name="lead")
+    async def lead(ctx: Context, a: int, b: str = "x") -> str:
+        return f"{ctx.attempt}:{a}:{b}"
+
+    job = await lead.enqueue(5, "y")
+    async with queue.worker(concurrency=1):
+        assert await job.result(timeout=RESULT_TIMEOUT) == "1:5:y"
+
+
+async def test_events_of_a_job_retried_by_hand_go_past_its_old_verdict(queue: Queue) -> None:
+    """events() replays a failed-then-retried job's history up to its new final status."""
+    calls: list[int] = []
+
+    @queue.task(name="flaky_once")
+    async def flaky_once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first time")
+        return "second time"
+
+    job = await flaky_once.enqueue()
+    async with queue.worker(concurrency=1):
+        with pytest.raises(JobFailed):
+            await job.result(timeout=RESULT_TIMEOUT)
+        await job.retry()
+        assert await job.result(timeout=RESULT_TIMEOUT) == "second time"
+    statuses = [e.data["status"] async for e in job.events() if e.type == "status"]
+    assert statuses[-1] == "succeeded"
+    assert "failed" in statuses

@@ -155,6 +155,11 @@ class Worker:
         claim = self._loops[0]
         with contextlib.suppress(asyncio.CancelledError):
             await claim
+        try:
+            await self.queue.backend.retire(self.id)
+        except Exception:
+            log.warning("worker %s: giving back handed jobs failed; their leases bring them back",
+                        self.id, exc_info=True)
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks:
             log.info("worker %s: waiting up to %.1f s for %d running job(s)", self.id, grace, len(tasks))
@@ -301,14 +306,14 @@ class Worker:
                 return await self._procs.run(task, record, run.ctx._report)
             except RemoteError as exc:
                 raise _Remote(exc.info) from None
-        args, kwargs = task.signature.decode(record.args, record.kwargs)
-        for name in task.signature.context_params:
-            kwargs[name] = run.ctx
+        values = task.signature.decode_values(record.args, record.kwargs)
+        injected: dict[str, Any] = dict.fromkeys(task.signature.context_params, run.ctx)
         async with contextlib.AsyncExitStack() as stack:
             if task.signature.dependency_params:
                 # FastAPI-style Depends(): resolved per attempt, generators closed after it
                 resolver = importlib.import_module("conveyor.fastapi.dependencies")
-                kwargs.update(await resolver.resolve(task, run.ctx, stack))
+                injected.update(await resolver.resolve(task, run.ctx, stack))
+            args, kwargs = task.signature.assemble(values, injected)
             if task.is_async:
                 result = await task.fn(*args, **kwargs)
             else:

@@ -62,7 +62,7 @@ def _child(conn: multiprocessing.connection.Connection) -> None:
                 raise ConfigError(
                     f"{request['module']}.{request['qualname']} is not a conveyor task in the child"
                 )
-            args, kwargs = task.signature.decode(request["args"], request["kwargs"])
+            injected: dict[str, Any] = {}
             if task.signature.context_params:
 
                 def report(fraction: float, message: str) -> None:
@@ -72,8 +72,8 @@ def _child(conn: multiprocessing.connection.Connection) -> None:
                     job_id=request["job_id"], task=task.name, queue=request["queue"],
                     attempt=request["attempt"], report=report,
                 )
-                for name in task.signature.context_params:
-                    kwargs[name] = ctx
+                injected = dict.fromkeys(task.signature.context_params, ctx)
+            args, kwargs = task.signature.decode(request["args"], request["kwargs"], injected)
             value = task.signature.encode_result(task.fn(*args, **kwargs))
             reply: dict[str, Any] = {"ok": value}
         except BaseException as exc:
