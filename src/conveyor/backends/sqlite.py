@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
@@ -33,7 +33,6 @@ from conveyor.model import (
     JobRecord,
     JobStatus,
     from_timestamp,
-    new_token,
 )
 
 __all__ = ["SQLiteBackend"]
@@ -103,6 +102,21 @@ _BACK_OR_CANCELLED = (
     "status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, "
     "finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END"
 )
+class _Settled(NamedTuple):
+    """What a fenced transition returns: the lane it leaves and its numbered status event."""
+
+    queue: str
+    key: str | None
+    id: str
+    seq: int
+    status: str
+    attempts: int
+
+    @property
+    def event(self) -> tuple[str, int, str, int]:
+        return (self.id, self.seq, self.status, self.attempts)
+
+
 _COLUMNS = (
     "id, task, queue, status, args, kwargs, priority, key, unique_key, attempts, max_attempts, "
     "timeout, enqueued_at, scheduled_for, started_at, finished_at, result, error, progress, retry, "
@@ -416,36 +430,33 @@ class SQLiteBackend(Backend):
             return []
         self._claim_mark = self._changes
         marks = ",".join("?" * len(queues))
-        select = (
-            "SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_claim "
+        # select and take in one statement; the lease token is drawn by SQLite itself
+        take = (
+            "UPDATE conveyor_jobs SET status = 'running', attempts = attempts + 1, "
+            "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, "
+            "lease_token = lower(hex(randomblob(8))), lease_expires_at = ?, "
+            "last_event = last_event + 1 "
+            "WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_claim "
             f"WHERE queue IN ({marks}) AND status IN ('queued', 'scheduled') AND blocked = 0 "
-            "AND run_at <= ? ORDER BY priority DESC, pos LIMIT ?"
+            "AND run_at <= ? ORDER BY priority DESC, pos LIMIT ?) "
+            f"RETURNING {_COLUMNS}, last_event, priority, pos"
         )
 
         def work(conn: sqlite3.Connection, now: float) -> list[JobRecord]:
-            ids = [r[0] for r in conn.execute(select, (*queues, now, limit))]
-            if not ids:
+            rows = conn.execute(take, (now, worker, now + lease, *queues, now, limit)).fetchall()
+            if not rows:
                 return []
-            expires = now + lease
-            params = [(now, worker, new_token(), expires, job_id) for job_id in ids]
-            conn.executemany(
-                "UPDATE conveyor_jobs SET status = 'running', attempts = attempts + 1, "
-                "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, "
-                "lease_token = ?, lease_expires_at = ? WHERE id = ?",
-                params,
+            rows.sort(key=lambda r: (-r[-2], r[-1]))
+            self._append_status(
+                conn, now, [(r[0], r[-3], "running", r[9]) for r in rows], worker=worker
             )
-            self._status_events(conn, now, ids, worker=worker)
-            marks_ids = ",".join("?" * len(ids))
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM conveyor_jobs WHERE id IN ({marks_ids})", ids
-            ).fetchall()
-            by_id: dict[str, JobRecord] = {}
+            out: list[JobRecord] = []
             for row in rows:
                 try:
-                    by_id[row[0]] = _record(row)
+                    out.append(_record(row))
                 except (ValueError, TypeError, KeyError) as exc:
                     self._quarantine(conn, now, row[0], exc)
-            return [by_id[i] for i in ids if i in by_id]
+            return out
 
         return await self._write(work)
 
@@ -491,14 +502,29 @@ class SQLiteBackend(Backend):
     @staticmethod
     def _settle(
         conn: sqlite3.Connection, now: float, lease: Lease, sets: str, params: tuple[Any, ...]
-    ) -> tuple[str, str | None] | None:
-        """Apply a fenced update to a running job; return its (queue, key), or None if fenced out."""
+    ) -> _Settled | None:
+        """Apply a fenced update to a running job and number its status event; None if fenced out."""
         row = conn.execute(
-            f"UPDATE conveyor_jobs SET {sets}, lease_token = NULL, lease_expires_at = NULL "
-            "WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING queue, key",
+            f"UPDATE conveyor_jobs SET {sets}, lease_token = NULL, lease_expires_at = NULL, "
+            "last_event = last_event + 1 WHERE id = ? AND lease_token = ? AND status = 'running' "
+            "RETURNING queue, key, id, last_event, status, attempts",
             (*params, lease.job_id, lease.token),
         ).fetchone()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else _Settled(*row)
+
+    @staticmethod
+    def _append_status(
+        conn: sqlite3.Connection, now: float, rows: Sequence[tuple[str, int, str, int]],
+        **extra: Any,
+    ) -> None:
+        """Insert status events already numbered: (job id, seq, status, attempt)."""
+        conn.executemany(
+            "INSERT INTO conveyor_events VALUES (?, ?, 'status', ?, ?)",
+            [
+                (job_id, seq, now, _dump({"status": status, "attempt": attempt, **extra}))
+                for job_id, seq, status, attempt in rows
+            ],
+        )
 
     async def complete(self, acks: Sequence[Ack]) -> list[bool]:
         if not acks:
@@ -508,7 +534,7 @@ class SQLiteBackend(Backend):
         def work(conn: sqlite3.Connection, now: float) -> list[bool]:
             out: list[bool] = []
             lanes: set[tuple[str, str]] = set()
-            done: list[str] = []
+            done: list[_Settled] = []
             for lease, result in payload:
                 hit = self._settle(
                     conn, now, lease,
@@ -517,10 +543,10 @@ class SQLiteBackend(Backend):
                 )
                 out.append(hit is not None)
                 if hit is not None:
-                    done.append(lease.job_id)
-                    if hit[1] is not None:
-                        lanes.add((hit[0], hit[1]))
-            self._status_events(conn, now, done)
+                    done.append(hit)
+                    if hit.key is not None:
+                        lanes.add((hit.queue, hit.key))
+            self._append_status(conn, now, [h.event for h in done])
             self._handoff(conn, lanes)
             return out
 
@@ -547,9 +573,9 @@ class SQLiteBackend(Backend):
                 )
             if hit is None:
                 return False
-            self._status_events(conn, now, [lease.job_id], error=error)
-            if retry_at is None and hit[1] is not None:
-                self._handoff(conn, {(hit[0], hit[1])})
+            self._append_status(conn, now, [hit.event], error=error)
+            if retry_at is None and hit.key is not None:
+                self._handoff(conn, {(hit.queue, hit.key)})
             return True
 
         return await self._write(work)
@@ -561,6 +587,7 @@ class SQLiteBackend(Backend):
         def work(conn: sqlite3.Connection, now: float) -> list[bool]:
             out: list[bool] = []
             lanes: set[tuple[str, str]] = set()
+            settled: list[_Settled] = []
             for lease in leases:
                 hit = self._settle(
                     conn, now, lease,
@@ -569,13 +596,12 @@ class SQLiteBackend(Backend):
                     (now, now),
                 )
                 out.append(hit is not None)
-                if hit is not None and hit[1] is not None:
-                    lanes.add((hit[0], hit[1]))
+                if hit is not None:
+                    settled.append(hit)
+                    if hit.status == "cancelled" and hit.key is not None:
+                        lanes.add((hit.queue, hit.key))
             self._handoff(conn, lanes)
-            self._status_events(
-                conn, now, [lz.job_id for lz, ok in zip(leases, out, strict=True) if ok],
-                reason="released",
-            )
+            self._append_status(conn, now, [h.event for h in settled], reason="released")
             return out
 
         return await self._write(work)
@@ -590,9 +616,9 @@ class SQLiteBackend(Backend):
                     (now, _dump(error) if error else None),
                 )
                 if hit is not None:
-                    self._status_events(conn, now, [job_id])
-                    if hit[1] is not None:
-                        self._handoff(conn, {(hit[0], hit[1])})
+                    self._append_status(conn, now, [hit.event])
+                    if hit.key is not None:
+                        self._handoff(conn, {(hit.queue, hit.key)})
             else:
                 row = conn.execute(
                     "UPDATE conveyor_jobs SET status = 'cancelled', finished_at = ? WHERE id = ? "
