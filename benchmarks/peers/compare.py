@@ -55,14 +55,14 @@ def ratio(ours: float, theirs: float, higher_better: bool) -> str:
     """conveyor's advantage as a factor: > 1 means conveyor is better."""
     if not ours or not theirs:
         return "-"
-    return f"{(ours / theirs if higher_better else theirs / ours):.1f}×"
+    return f"{(ours / theirs if higher_better else theirs / ours):.1f}x"
 
 
 def table(results: list[dict[str, Any]]) -> str:
     """A Markdown table: each peer's figures and conveyor's ratio to them."""
     ours = next(r for r in results if r["peer"] == "conveyor")
     head = ["library", "version"] + [label for _, label, _ in FIGURES] + [
-        "conveyor ×, drain", "conveyor ×, p50", "conveyor ×, p99"]
+        "conveyor x, drain", "conveyor x, p50", "conveyor x, p99"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [r["peer"], str(r["version"])]

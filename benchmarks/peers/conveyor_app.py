@@ -6,9 +6,8 @@ import sys
 from typing import Any
 
 import conveyor
-from conveyor import Queue
-
 from benchmarks.peers.common import Peer, main, record_pickup, stamp, url
+from conveyor import Queue
 
 queue = Queue(url(), name="bench")
 

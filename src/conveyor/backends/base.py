@@ -226,6 +226,13 @@ class Backend(ABC):
                 return []
             await asyncio.sleep(min(left, self.poll_interval))
 
+    async def retire(self, worker: str) -> None:  # noqa: B027 - optional hook
+        """``worker`` claims nothing more (it is stopping).
+
+        Engines that hand jobs straight to idle workers give back what they handed it; the
+        default does nothing.
+        """
+
     async def watch_cancellations(
         self, callback: Callable[[str], None]
     ) -> Callable[[], None] | None:

@@ -23,5 +23,5 @@ elseif f[1] == 'running' and f[8] ~= '1' then
   redis.call('HSET', jk, 'cancel_requested', 1)
   redis.call('PUBLISH', P .. ':cancel', id)
 end
-wake_all()
+wake_all(now)
 return record(jk)

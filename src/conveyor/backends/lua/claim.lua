@@ -1,13 +1,21 @@
 -- Take up to `limit` due jobs, best first, each with a fresh lease.
 -- ARGV[3] worker, ARGV[4] limit, ARGV[5] lease seconds, ARGV[6] token prefix (random per call),
--- ARGV[7..] queue names.
+-- ARGV[7] '1' if the worker listens on P:hand:<worker> (see hand_out in lib.lua),
+-- ARGV[8..] queue names.
 -- Returns {next, record, record, ...}: `next` is the number of seconds (Redis clock) until the
 -- earliest scheduled job of these queues is due ('' if none, only computed when the queues ran
 -- dry), then the claimed records in order.
 local now = clock()
 local worker, limit, lease, prefix = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local handoff = ARGV[7] == '1'
 local queues = {}
-for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+-- seconds an idle registration stays valid: the worker claims again within a second when idle
+local IDLE_TTL = 2
+
+-- this claim supersedes the worker's last idle registration (it is renewed below if it runs dry)
+local wk = P .. ':idle:' .. worker
+redis.call('DEL', wk)
 
 -- due scheduled lane heads join the ready set, where priority decides
 for _, q in ipairs(queues) do
@@ -42,25 +50,9 @@ else
 end
 
 local out = {''}
-local expires = ts(now + lease)
-local started = ts(now)
-local rzk = P .. ':running'
 for i, p in ipairs(picked) do
-  redis.call('ZREM', p[1], p[2])
-  local id = string.sub(p[2], 17)
-  local jk = jkey(id)
-  local f = redis.call('HMGET', jk, 'status', 'queue')
-  -- the index only holds waiting lane heads; anything else is a stale entry to drop
-  if f[1] == 'queued' or f[1] == 'scheduled' then
-    move(jk, f[2], f[1], 'running')
-    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('HSET', jk, 'started_at', started, 'worker', worker, 'cancel_requested', 0,
-      'lease_token', prefix .. i, 'lease_expires_at', expires)
-    redis.call('HDEL', jk, 'finished_at')
-    redis.call('ZADD', rzk, expires, id)
-    status_event(id, jk, 'running', attempts, ',"worker":' .. cjson.encode(worker), now)
-    out[#out + 1] = record(jk)
-  end
+  local rec = take(p[1], p[2], worker, prefix .. i, now + lease, now)
+  if rec then out[#out + 1] = rec end
 end
 
 if #out - 1 < limit then
@@ -70,7 +62,13 @@ if #out - 1 < limit then
     if first[2] and (soonest == nil or tonumber(first[2]) < soonest) then
       soonest = tonumber(first[2])
     end
+    if handoff then redis.call('SADD', qkey(q, 'idle'), worker) end
   end
   if soonest then out[1] = ts(math.max(0, soonest - now)) end
+  if handoff then
+    redis.call('HSET', wk, 'free', limit - (#out - 1), 'until', ts(now + IDLE_TTL),
+               'lease', lease, 'token', prefix, 'n', 0)
+    redis.call('EXPIRE', wk, IDLE_TTL + 1)
+  end
 end
 return out

@@ -16,5 +16,5 @@ for b = 3, #ARGV, 3 do
     out[#out + 1] = 0
   end
 end
-wake_all()
+wake_all(now)
 return out

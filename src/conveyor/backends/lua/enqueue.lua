@@ -1,18 +1,20 @@
--- Store new jobs, in order. ARGV[3] = number of jobs, then 14 values per job:
--- id, task, queue, args, kwargs, priority, key, unique, max_attempts, timeout, enqueued_at,
--- scheduled_for, retry, supersede. key/unique are '' (none) or '=' .. value; timeout,
--- scheduled_for and retry are '' for none.
+-- Store new jobs, in order. ARGV[3] = a JSON array with one array per job:
+-- [id, task, queue, args, kwargs, priority, key, unique, max_attempts, timeout, enqueued_at,
+--  scheduled_for, retry, supersede]: args, kwargs and retry are JSON text (stored as they are),
+-- key and unique are null when absent, timeout, scheduled_for and retry '' when absent,
+-- supersede a boolean; numbers are strings, so nothing is rounded on the way.
 -- Returns per job: its status (stored now), or the record of the job it already is (same id,
 -- e.g. a retried call) or that holds its unique value.
 local now = clock()
-local n = tonumber(ARGV[3])
+handing = true
+local jobs = cjson.decode(ARGV[3])
 local out = {}
-for i = 0, n - 1 do
-  local b = 4 + i * 14
-  local id, q = ARGV[b], ARGV[b + 2]
+for i, job in ipairs(jobs) do
+  local id, q = job[1], job[3]
   local jk = jkey(id)
-  local key = ARGV[b + 6] ~= '' and string.sub(ARGV[b + 6], 2) or nil
-  local unique = ARGV[b + 7] ~= '' and string.sub(ARGV[b + 7], 2) or nil
+  -- cjson decodes JSON null as cjson.null (a sentinel), not nil
+  local key = job[7] ~= cjson.null and job[7] or nil
+  local unique = job[8] ~= cjson.null and job[8] or nil
   local existing = nil
   if redis.call('EXISTS', jk) == 1 then
     existing = jk
@@ -21,9 +23,9 @@ for i = 0, n - 1 do
     if holder then existing = jkey(holder) end
   end
   if existing then
-    out[i + 1] = record(existing)
+    out[i] = record(existing)
   else
-    if key and ARGV[b + 13] == '1' then
+    if key and job[14] then
       -- supersede: the lane's waiting jobs that never started are cancelled first
       for _, old in ipairs(redis.call('LRANGE', lkey(q, key), 0, -1)) do
         local ok = jkey(old)
@@ -35,23 +37,24 @@ for i = 0, n - 1 do
         end
       end
     end
+    fresh[id] = true
     local seq = redis.call('INCR', P .. ':seq')
-    local due = ARGV[b + 11]
+    local due = job[12]
     local status = 'queued'
     if due ~= '' and tonumber(due) > now then status = 'scheduled' end
-    local priority = tonumber(ARGV[b + 5])
-    redis.call('HSET', jk, 'id', id, 'task', ARGV[b + 1], 'queue', q, 'status', status,
-      'args', ARGV[b + 3], 'kwargs', ARGV[b + 4], 'priority', ARGV[b + 5], 'attempts', 0,
-      'max_attempts', ARGV[b + 8], 'enqueued_at', ARGV[b + 10], 'cancel_requested', 0,
+    local priority = tonumber(job[6])
+    redis.call('HSET', jk, 'id', id, 'task', job[2], 'queue', q, 'status', status,
+      'args', job[4], 'kwargs', job[5], 'priority', job[6], 'attempts', 0,
+      'max_attempts', job[9], 'enqueued_at', job[11], 'cancel_requested', 0,
       'seq', seq, 'ev', 0)
     if key then redis.call('HSET', jk, 'key', key) end
     if unique then
       redis.call('HSET', jk, 'unique', unique)
       redis.call('HSET', qkey(q, 'unique'), unique, id)
     end
-    if ARGV[b + 9] ~= '' then redis.call('HSET', jk, 'timeout', ARGV[b + 9]) end
+    if job[10] ~= '' then redis.call('HSET', jk, 'timeout', job[10]) end
     if due ~= '' then redis.call('HSET', jk, 'scheduled_for', due) end
-    if ARGV[b + 12] ~= '' then redis.call('HSET', jk, 'retry', ARGV[b + 12]) end
+    if job[13] ~= '' then redis.call('HSET', jk, 'retry', job[13]) end
     redis.call('ZADD', P .. ':all', seq, id)
     redis.call('ZADD', qkey(q, 'all'), seq, id)
     redis.call('SADD', P .. ':queues', q)
@@ -62,8 +65,8 @@ for i = 0, n - 1 do
     if head then
       make_available(id, q, status, priority, seq, status == 'scheduled' and due or nil)
     end
-    out[i + 1] = status
+    out[i] = status
   end
 end
-wake_all()
+wake_all(now)
 return out

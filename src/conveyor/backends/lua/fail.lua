@@ -23,5 +23,5 @@ else
   make_available(id, q, status, tonumber(g[1]), tonumber(g[2]),
                  status == 'scheduled' and retry_at or nil)
 end
-wake_all()
+wake_all(now)
 return 1

@@ -59,11 +59,14 @@ local function move(jk, q, from, to)
   count(q, to, 1)
 end
 
+-- jobs created by this script: nobody can be listening to their events yet
+local fresh = {}
+
 -- events: stored in the job hash (they expire with it), announced on the job's channel
 local function emit(id, jk, kind, data, at)
   local n = redis.call('HINCRBY', jk, 'ev', 1)
   redis.call('HSET', jk, 'e' .. n, '[' .. ts(at) .. ',"' .. kind .. '",' .. data .. ']')
-  redis.call('PUBLISH', P .. ':ev:' .. id, n)
+  if not fresh[id] then redis.call('PUBLISH', P .. ':ev:' .. id, n) end
 end
 
 -- a status event; `extra` is '' or ',"name":<json>' pairs
@@ -72,21 +75,21 @@ local function status_event(id, jk, status, attempts, extra, at)
        '{"status":"' .. status .. '","attempt":' .. attempts .. extra .. '}', at)
 end
 
+-- queues that got claimable work in this script: see wake_all
 local woken = {}
-local function wake_all()
-  for q in pairs(woken) do
-    redis.call('PUBLISH', P .. ':wake:' .. q, '')
-  end
-end
+-- whether wake_all may hand jobs to idle workers: only enqueue does, where pickup latency
+-- matters; jobs coming back (recover, release, retry) wait for a claim
+local handing = false
 
 -- index a waiting lane head so claim can find it (idempotent)
 local function make_available(id, q, status, priority, seq, due)
   if status == 'scheduled' and due then
     redis.call('ZADD', qkey(q, 'scheduled'), due, id)
+    woken[q] = 'scheduled'
   else
     redis.call('ZADD', qkey(q, 'ready'), -priority, member(seq, id))
+    woken[q] = woken[q] or 'ready'
   end
-  woken[q] = true
 end
 
 local function make_available_by_id(id)
@@ -169,4 +172,60 @@ local function prune(cutoff, batch)
   end
   if #old > 0 then redis.call('ZREM', dk, unpack(old)) end
   return #old
+end
+
+-- claim the job of ready-set member `m` of zset `rk` for `worker`; its record, or nil when the
+-- entry was stale (the index only holds waiting lane heads; anything else is dropped)
+local function take(rk, m, worker, token, lease_until, now)
+  redis.call('ZREM', rk, m)
+  local id = string.sub(m, 17)
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'status', 'queue')
+  if f[1] ~= 'queued' and f[1] ~= 'scheduled' then return nil end
+  move(jk, f[2], f[1], 'running')
+  local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+  redis.call('HSET', jk, 'started_at', ts(now), 'worker', worker, 'cancel_requested', 0,
+    'lease_token', token, 'lease_expires_at', ts(lease_until))
+  redis.call('HDEL', jk, 'finished_at')
+  redis.call('ZADD', P .. ':running', ts(lease_until), id)
+  status_event(id, jk, 'running', attempts, ',"worker":' .. cjson.encode(worker), now)
+  return record(jk)
+end
+
+-- Hand the best ready jobs of queue q straight to idle workers (registered by claim.lua when
+-- they ran dry): the job is claimed for the worker here and its record published on the
+-- worker's channel, which saves the worker a claim round trip. A registration lapses after a
+-- short time, so a worker that died idle cannot hold on to new jobs for long.
+local function hand_out(q, now)
+  local ik = qkey(q, 'idle')
+  local rk = qkey(q, 'ready')
+  while true do
+    local worker = redis.call('SRANDMEMBER', ik)
+    if not worker then return end
+    local wk = P .. ':idle:' .. worker
+    local w = redis.call('HMGET', wk, 'free', 'until', 'lease', 'token')
+    if not w[1] or tonumber(w[1]) <= 0 or tonumber(w[2]) < now then
+      redis.call('SREM', ik, worker)
+    else
+      local best = redis.call('ZRANGE', rk, 0, 0)
+      if #best == 0 then return end
+      local n = redis.call('HINCRBY', wk, 'n', 1)
+      local rec = take(rk, best[1], worker, w[4] .. 'h' .. n, now + tonumber(w[3]), now)
+      if rec then
+        redis.call('PUBLISH', P .. ':hand:' .. worker, cjson.encode(rec))
+        if redis.call('HINCRBY', wk, 'free', -1) <= 0 then redis.call('SREM', ik, worker) end
+      end
+    end
+  end
+end
+
+-- end of a script: hand new work to idle workers, and wake the others if any is left (or if
+-- a scheduled job arrived: waiters recompute when to look next)
+local function wake_all(now)
+  for q, kind in pairs(woken) do
+    if handing then hand_out(q, now) end
+    if kind == 'scheduled' or redis.call('ZCARD', qkey(q, 'ready')) > 0 then
+      redis.call('PUBLISH', P .. ':wake:' .. q, '')
+    end
+  end
 end

@@ -18,5 +18,5 @@ for _, id in ipairs(expired) do
 end
 -- retention: a finished job's hash expires by itself; its index entries and count go here
 prune(now - RETENTION, batch)
-wake_all()
+wake_all(now)
 return lost

@@ -22,5 +22,5 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   status_event(id, jk, 'queued', 0, ',"reason":"retried"', now)
   if head then make_available(id, q, 'queued', tonumber(f[5]), seq, nil) end
 end
-wake_all()
+wake_all(now)
 return record(jk)
