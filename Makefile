@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: help venv e2e-deps test lint typecheck pytest demo demo-worker bench clean distclean
+.PHONY: help venv e2e-deps test lint typecheck pytest demo demo-worker bench bench-peers clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,18 @@ demo-worker: venv ## jobs of every kind on an embedded SQLite file, run by an in
 
 bench: venv ## SQLite throughput and latency; saves benchmarks/results/<time>.json
 	$(BIN)/python benchmarks/run.py
+
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): benchmarks/peers/requirements.txt pyproject.toml
+	@if [ ! -x $(BENCH_VENV)/bin/python ]; then $(PYTHON) -m venv $(BENCH_VENV); fi
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --prefer-binary \
+		-r benchmarks/peers/requirements.txt -e '.[redis]'
+	@touch $@
+
+bench-peers: $(BENCH_STAMP) ## conveyor vs ARQ, SAQ, Taskiq, streaq, Dramatiq, RQ, Celery on one local Redis
+	$(BENCH_VENV)/bin/python -m benchmarks.peers.compare
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

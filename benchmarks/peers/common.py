@@ -74,6 +74,9 @@ class Peer:
     #: what is worth knowing about how it was run
     notes: str = ""
     stop_signal: int = signal.SIGTERM
+    #: caps for libraries too slow to do the full count in reasonable time (noted in the table)
+    max_jobs: int | None = None
+    max_samples: int | None = None
 
 
 async def _nothing() -> None:
@@ -95,6 +98,8 @@ async def _wait_key(key: str, timeout: float, worker: subprocess.Popen[bytes]) -
 
 async def measure(peer: Peer, jobs: int, samples: int, log: Path) -> dict[str, Any]:
     """Enqueue, drain and pickup figures for one peer (see the module docstring)."""
+    jobs = min(jobs, peer.max_jobs or jobs)
+    samples = min(samples, peer.max_samples or samples)
     await peer.open()
     try:
         start = time.perf_counter()
@@ -135,6 +140,7 @@ async def measure(peer: Peer, jobs: int, samples: int, log: Path) -> dict[str, A
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "peer": peer.name, "version": peer.version, "notes": peer.notes, "jobs": jobs,
+        "samples": samples,
         "enqueue_jobs_per_s": round(enqueue_rate, 1),
         "drain_jobs_per_s": round(jobs / (ended - began), 1),
         "pickup_p50_ms": round(statistics.median(latencies), 3),

@@ -40,7 +40,8 @@ async def _enqueue(name: str, *args: Any) -> None:
 PEER = Peer(
     name="rq", version=version("rq"),
     worker=[sys.executable, "-m", "rq.cli", "worker", "--url", url(), "--quiet"],
-    enqueue=_enqueue, notes="sync jobs, standard Worker (fork per job)",
+    enqueue=_enqueue, notes="sync jobs, standard Worker (fork per job); 2,000 jobs",
+    max_jobs=2_000,  # a fork per job: about 50 jobs/s, so 20,000 would take minutes
 )
 
 if __name__ == "__main__":

@@ -380,10 +380,9 @@ class RedisBackend(Backend):
     async def complete(self, acks: Sequence[Ack]) -> list[bool]:
         if not acks:
             return []
-        args: list[str] = []
-        for ack in acks:
-            args += (ack.job_id, ack.token, _dump(ack.result))
-        return [r == 1 for r in await self._run("complete", *args)]
+        # one JSON argument; each result rides inside as JSON text, stored byte for byte
+        batch = _dump([[ack.job_id, ack.token, _dump(ack.result)] for ack in acks])
+        return [r == 1 for r in await self._run("complete", batch)]
 
     async def fail(
         self, lease: Lease, error: ErrorInfo, *, retry_at: datetime | None, dead: bool = False

@@ -11,17 +11,15 @@ if not f[1] then return nil end
 local q = f[3]
 if token ~= '' then
   if f[1] == 'running' and f[2] == token then
-    if err ~= '' then redis.call('HSET', jk, 'error', err) end
-    finish(id, jk, q, 'running', 'cancelled', f[4], f[5], now)
-    status_event(id, jk, 'cancelled', f[6], '', now)
+    finish(id, jk, q, 'running', 'cancelled', f[4], f[5], f[6], '', now,
+           err ~= '' and {'error', err} or nil)
   end
 elseif f[1] == 'queued' or f[1] == 'scheduled' then
   unindex(id, q, tonumber(f[7]))
-  finish(id, jk, q, f[1], 'cancelled', f[4], f[5], now)
-  status_event(id, jk, 'cancelled', f[6], '', now)
+  finish(id, jk, q, f[1], 'cancelled', f[4], f[5], f[6], '', now)
 elseif f[1] == 'running' and f[8] ~= '1' then
   redis.call('HSET', jk, 'cancel_requested', 1)
   redis.call('PUBLISH', P .. ':cancel', id)
 end
-wake_all(now)
+settle(now)
 return record(jk)

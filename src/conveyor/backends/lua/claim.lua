@@ -28,13 +28,11 @@ for _, q in ipairs(queues) do
   if #due > 0 then redis.call('ZREM', sk, unpack(due)) end
 end
 
--- candidates: the best `limit` of each queue, merged by (score, member)
+-- candidates: the best `limit` of each queue, merged by (score, member), taken off the index
 local picked = {}
 if #queues == 1 then
-  local rk = qkey(queues[1], 'ready')
-  for _, m in ipairs(redis.call('ZRANGE', rk, 0, limit - 1)) do
-    picked[#picked + 1] = {rk, m}
-  end
+  local got = redis.call('ZPOPMIN', qkey(queues[1], 'ready'), limit)
+  for i = 1, #got, 2 do picked[#picked + 1] = got[i] end
 else
   local all = {}
   for _, q in ipairs(queues) do
@@ -46,12 +44,15 @@ else
     if a[3] ~= b[3] then return a[3] < b[3] end
     return a[2] < b[2]
   end)
-  for i = 1, math.min(limit, #all) do picked[i] = all[i] end
+  for i = 1, math.min(limit, #all) do
+    redis.call('ZREM', all[i][1], all[i][2])
+    picked[i] = all[i][2]
+  end
 end
 
 local out = {''}
-for i, p in ipairs(picked) do
-  local rec = take(p[1], p[2], worker, prefix .. i, now + lease, now)
+for i, m in ipairs(picked) do
+  local rec = take(string.sub(m, 17), worker, prefix .. i, now + lease, now)
   if rec then out[#out + 1] = rec end
 end
 
@@ -71,4 +72,5 @@ if #out - 1 < limit then
     redis.call('EXPIRE', wk, IDLE_TTL + 1)
   end
 end
+settle(now)
 return out

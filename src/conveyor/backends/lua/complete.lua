@@ -1,20 +1,19 @@
--- Mark attempts succeeded. ARGV[3..] = (id, token, result JSON) triples.
+-- Mark attempts succeeded. ARGV[3] = a JSON array of [id, token, result JSON text] triples
+-- (one argument: cheaper to send than three per ack).
 -- Returns one 1/0 per ack: 0 when the token no longer holds the job's lease.
 local now = clock()
 local out = {}
-for b = 3, #ARGV, 3 do
-  local id = ARGV[b]
+for i, ack in ipairs(cjson.decode(ARGV[3])) do
+  local id = ack[1]
   local jk = jkey(id)
-  local f = held(jk, ARGV[b + 1])
+  local f = held(jk, ack[2])
   if f then
-    redis.call('HSET', jk, 'result', ARGV[b + 2])
-    redis.call('HDEL', jk, 'error')
-    finish(id, jk, f[3], 'running', 'succeeded', f[4], f[5], now)
-    status_event(id, jk, 'succeeded', f[6], '', now)
-    out[#out + 1] = 1
+    finish(id, jk, f[3], 'running', 'succeeded', f[4], f[5], f[6], '', now,
+           {'result', ack[3]}, {'error'}, f[7])
+    out[i] = 1
   else
-    out[#out + 1] = 0
+    out[i] = 0
   end
 end
-wake_all(now)
+settle(now)
 return out

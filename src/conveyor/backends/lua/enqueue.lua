@@ -32,8 +32,7 @@ for i, job in ipairs(jobs) do
         local f = redis.call('HMGET', ok, 'status', 'attempts', 'seq', 'unique')
         if (f[1] == 'queued' or f[1] == 'scheduled') and tonumber(f[2]) == 0 then
           unindex(old, q, tonumber(f[3]))
-          finish(old, ok, q, f[1], 'cancelled', key, f[4] or nil, now)
-          status_event(old, ok, 'cancelled', f[2], ',"reason":"superseded"', now)
+          finish(old, ok, q, f[1], 'cancelled', key, f[4], f[2], ',"reason":"superseded"', now)
         end
       end
     end
@@ -43,23 +42,23 @@ for i, job in ipairs(jobs) do
     local status = 'queued'
     if due ~= '' and tonumber(due) > now then status = 'scheduled' end
     local priority = tonumber(job[6])
-    redis.call('HSET', jk, 'id', id, 'task', job[2], 'queue', q, 'status', status,
-      'args', job[4], 'kwargs', job[5], 'priority', job[6], 'attempts', 0,
-      'max_attempts', job[9], 'enqueued_at', job[11], 'cancel_requested', 0,
-      'seq', seq, 'ev', 0)
-    if key then redis.call('HSET', jk, 'key', key) end
+    -- the record and its first event in one HSET: this runs once per job enqueued
+    local fields = {'id', id, 'task', job[2], 'queue', q, 'status', status, 'args', job[4],
+      'kwargs', job[5], 'priority', job[6], 'attempts', 0, 'max_attempts', job[9],
+      'enqueued_at', job[11], 'cancel_requested', 0, 'seq', seq, 'ev', 1,
+      'e1', '[' .. ts(now) .. ',"status",{"status":"' .. status .. '","attempt":0}]'}
+    if key then fields[#fields + 1] = 'key'; fields[#fields + 1] = key end
     if unique then
-      redis.call('HSET', jk, 'unique', unique)
+      fields[#fields + 1] = 'unique'; fields[#fields + 1] = unique
       redis.call('HSET', qkey(q, 'unique'), unique, id)
     end
-    if job[10] ~= '' then redis.call('HSET', jk, 'timeout', job[10]) end
-    if due ~= '' then redis.call('HSET', jk, 'scheduled_for', due) end
-    if job[13] ~= '' then redis.call('HSET', jk, 'retry', job[13]) end
-    redis.call('ZADD', P .. ':all', seq, id)
+    if job[10] ~= '' then fields[#fields + 1] = 'timeout'; fields[#fields + 1] = job[10] end
+    if due ~= '' then fields[#fields + 1] = 'scheduled_for'; fields[#fields + 1] = due end
+    if job[13] ~= '' then fields[#fields + 1] = 'retry'; fields[#fields + 1] = job[13] end
+    redis.call('HSET', jk, unpack(fields))
     redis.call('ZADD', qkey(q, 'all'), seq, id)
     redis.call('SADD', P .. ':queues', q)
     count(q, status, 1)
-    status_event(id, jk, status, 0, '', now)
     local head = true
     if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
     if head then
@@ -68,5 +67,5 @@ for i, job in ipairs(jobs) do
     out[i] = status
   end
 end
-wake_all(now)
+settle(now)
 return out

@@ -7,21 +7,20 @@ local jk = jkey(id)
 local f = held(jk, ARGV[4])
 if not f then return 0 end
 local q = f[3]
-redis.call('HSET', jk, 'error', err)
 if retry_at == '' then
-  finish(id, jk, q, 'running', ARGV[7], f[4], f[5], now)
-  status_event(id, jk, ARGV[7], f[6], ',"error":' .. err, now)
+  finish(id, jk, q, 'running', ARGV[7], f[4], f[5], f[6], ',"error":' .. err, now, {'error', err})
 else
+  redis.call('HSET', jk, 'error', err)
   -- the job keeps its lane (it is still the head) and waits for its next attempt
   local status = tonumber(retry_at) > now and 'scheduled' or 'queued'
   move(jk, q, 'running', status)
   redis.call('HSET', jk, 'scheduled_for', retry_at)
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at')
-  redis.call('ZREM', P .. ':running', id)
+  running_del[#running_del + 1] = id
   status_event(id, jk, status, f[6], ',"error":' .. err, now)
   local g = redis.call('HMGET', jk, 'priority', 'seq')
   make_available(id, q, status, tonumber(g[1]), tonumber(g[2]),
                  status == 'scheduled' and retry_at or nil)
 end
-wake_all(now)
+settle(now)
 return 1

@@ -15,7 +15,7 @@
 --   P:lane:<#Q>:Q:<key> list of the unfinished jobs of a lane, in enqueue order; head runs
 --   P:running           zset of running jobs by lease expiry (Redis clock)
 --   P:done              zset of finished jobs by finish time, member "<id>\n<status>\n<Q>"
---   P:all, P:seq, P:queues   every job by seq; the sequence counter; the set of queue names
+--   P:seq, P:queues     the sequence counter; the set of queue names
 -- Channels: P:wake:Q (work may be due), P:cancel (a running job was asked to stop),
 --           P:ev:<id> (the job has a new event).
 
@@ -35,8 +35,13 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- a timestamp as stored; most scripts format the same `now` many times, so the last is kept
+local last_x, last_ts
 local function ts(x)
-  return string.format('%.6f', x)
+  if x ~= last_x then
+    last_x, last_ts = x, string.format('%.6f', x)
+  end
+  return last_ts
 end
 
 local function jkey(id) return P .. ':job:' .. id end
@@ -45,12 +50,24 @@ local function qkey(q, what) return P .. ':q:' .. q .. ':' .. what end
 local function lkey(q, key) return P .. ':lane:' .. #q .. ':' .. q .. ':' .. key end
 local function member(seq, id) return string.format('%016d', seq) .. id end
 
+-- FIELDS and the event count: what claiming a job reads
+local FIELDS_EV = {unpack(FIELDS)}
+FIELDS_EV[#FIELDS_EV + 1] = 'ev'
+local worker_json = {}
+
 local function record(jk)
   return redis.call('HMGET', jk, unpack(FIELDS))
 end
 
+-- Writes many jobs share are gathered while a script runs and applied once by settle():
+-- status counts, the running set (lease expiry) and the finished set.
+local deltas = {}
+local running_add, running_del, done_add = {}, {}, {}
+
 local function count(q, status, delta)
-  redis.call('HINCRBY', qkey(q, 'counts'), status, delta)
+  local d = deltas[q]
+  if not d then d = {}; deltas[q] = d end
+  d[status] = (d[status] or 0) + delta
 end
 
 local function move(jk, q, from, to)
@@ -62,22 +79,33 @@ end
 -- jobs created by this script: nobody can be listening to their events yet
 local fresh = {}
 
--- events: stored in the job hash (they expire with it), announced on the job's channel
-local function emit(id, jk, kind, data, at)
-  local n = redis.call('HINCRBY', jk, 'ev', 1)
-  redis.call('HSET', jk, 'e' .. n, '[' .. ts(at) .. ',"' .. kind .. '",' .. data .. ']')
+local function event_text(kind, data, at)
+  return '[' .. ts(at) .. ',"' .. kind .. '",' .. data .. ']'
+end
+
+-- a status event's data; `extra` is '' or ',"name":<json>' pairs
+local function status_data(status, attempts, extra)
+  return '{"status":"' .. status .. '","attempt":' .. attempts .. extra .. '}'
+end
+
+local function announce(id, n)
   if not fresh[id] then redis.call('PUBLISH', P .. ':ev:' .. id, n) end
 end
 
--- a status event; `extra` is '' or ',"name":<json>' pairs
-local function status_event(id, jk, status, attempts, extra, at)
-  emit(id, jk, 'status',
-       '{"status":"' .. status .. '","attempt":' .. attempts .. extra .. '}', at)
+-- events: stored in the job hash (they expire with it), announced on the job's channel
+local function emit(id, jk, kind, data, at)
+  local n = redis.call('HINCRBY', jk, 'ev', 1)
+  redis.call('HSET', jk, 'e' .. n, event_text(kind, data, at))
+  announce(id, n)
 end
 
--- queues that got claimable work in this script: see wake_all
+local function status_event(id, jk, status, attempts, extra, at)
+  emit(id, jk, 'status', status_data(status, attempts, extra), at)
+end
+
+-- queues that got claimable work in this script: see settle
 local woken = {}
--- whether wake_all may hand jobs to idle workers: only enqueue does, where pickup latency
+-- whether settle may hand jobs to idle workers: only enqueue does, where pickup latency
 -- matters; jobs coming back (recover, release, retry) wait for a claim
 local handing = false
 
@@ -123,20 +151,34 @@ local function leave(id, q, key, unique)
   end
 end
 
--- end a job: final status, lease gone, retention clock started
-local function finish(id, jk, q, from, to, key, unique, now)
-  move(jk, q, from, to)
-  redis.call('HSET', jk, 'finished_at', ts(now))
-  redis.call('HDEL', jk, 'lease_token', 'lease_expires_at')
-  redis.call('ZREM', P .. ':running', id)
+-- end a job: final status (and any `sets` field/value pairs) with its status event in one
+-- HSET, lease gone (and any `dels` fields), unique and lane released, retention clock started;
+-- `ev` is the job's event count when the caller has read it already
+local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, sets, dels, ev)
+  local n = ev and tonumber(ev) + 1 or redis.call('HINCRBY', jk, 'ev', 1)
+  local fields = {'status', to, 'finished_at', ts(now), 'ev', n,
+                  'e' .. n, event_text('status', status_data(to, attempts, extra), now)}
+  for _, v in ipairs(sets or {}) do fields[#fields + 1] = v end
+  redis.call('HSET', jk, unpack(fields))
+  if dels then
+    redis.call('HDEL', jk, 'lease_token', 'lease_expires_at', unpack(dels))
+  else
+    redis.call('HDEL', jk, 'lease_token', 'lease_expires_at')
+  end
+  announce(id, n)
+  count(q, from, -1)
+  count(q, to, 1)
+  running_del[#running_del + 1] = id
   leave(id, q, key, unique)
-  redis.call('ZADD', P .. ':done', ts(now), id .. '\n' .. to .. '\n' .. q)
+  done_add[#done_add + 1] = ts(now)
+  done_add[#done_add + 1] = id .. '\n' .. to .. '\n' .. q
   redis.call('EXPIRE', jk, RETENTION)
 end
 
 -- the fields a fenced transition needs: nil unless `token` holds the running job's lease
 local function held(jk, token)
-  local f = redis.call('HMGET', jk, 'status', 'lease_token', 'queue', 'key', 'unique', 'attempts')
+  local f = redis.call('HMGET', jk, 'status', 'lease_token', 'queue', 'key', 'unique', 'attempts',
+                       'ev')
   if f[1] ~= 'running' or f[2] ~= token then return nil end
   return f
 end
@@ -147,13 +189,13 @@ local function requeue(id, jk, q, reason, now)
   local f = redis.call('HMGET', jk, 'attempts', 'priority', 'seq', 'cancel_requested', 'key',
                        'unique')
   if f[4] == '1' then
-    finish(id, jk, q, 'running', 'cancelled', f[5], f[6], now)
-    status_event(id, jk, 'cancelled', f[1], ',"reason":"' .. reason .. '"', now)
+    finish(id, jk, q, 'running', 'cancelled', f[5], f[6], f[1], ',"reason":"' .. reason .. '"',
+           now)
     return
   end
   move(jk, q, 'running', 'queued')
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at', 'worker', 'scheduled_for')
-  redis.call('ZREM', P .. ':running', id)
+  running_del[#running_del + 1] = id
   status_event(id, jk, 'queued', f[1], ',"reason":"' .. reason .. '"', now)
   make_available(id, q, 'queued', tonumber(f[2]), tonumber(f[3]), nil)
 end
@@ -166,7 +208,6 @@ local function prune(cutoff, batch)
   for _, m in ipairs(old) do
     local id, status, q = string.match(m, '^([^\n]*)\n([^\n]*)\n(.*)$')
     redis.call('DEL', jkey(id))
-    redis.call('ZREM', P .. ':all', id)
     redis.call('ZREM', qkey(q, 'all'), id)
     count(q, status, -1)
   end
@@ -174,22 +215,34 @@ local function prune(cutoff, batch)
   return #old
 end
 
--- claim the job of ready-set member `m` of zset `rk` for `worker`; its record, or nil when the
--- entry was stale (the index only holds waiting lane heads; anything else is dropped)
-local function take(rk, m, worker, token, lease_until, now)
-  redis.call('ZREM', rk, m)
-  local id = string.sub(m, 17)
+-- Claim the job `id` (just removed from its ready set) for `worker`; its record, or nil when
+-- the entry was stale (the index only holds waiting lane heads; anything else is dropped).
+-- One HMGET and one HSET carry the whole transition and its event: this runs once per job.
+local function take(id, worker, token, lease_until, now)
   local jk = jkey(id)
-  local f = redis.call('HMGET', jk, 'status', 'queue')
-  if f[1] ~= 'queued' and f[1] ~= 'scheduled' then return nil end
-  move(jk, f[2], f[1], 'running')
-  local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-  redis.call('HSET', jk, 'started_at', ts(now), 'worker', worker, 'cancel_requested', 0,
-    'lease_token', token, 'lease_expires_at', ts(lease_until))
-  redis.call('HDEL', jk, 'finished_at')
-  redis.call('ZADD', P .. ':running', ts(lease_until), id)
-  status_event(id, jk, 'running', attempts, ',"worker":' .. cjson.encode(worker), now)
-  return record(jk)
+  local f = redis.call('HMGET', jk, unpack(FIELDS_EV))
+  local status, q = f[4], f[3]
+  if status ~= 'queued' and status ~= 'scheduled' then return nil end
+  local n = tonumber(f[25]) + 1
+  f[25] = nil
+  local attempts = tonumber(f[10]) + 1
+  local expires = ts(lease_until)
+  local at = ts(now)
+  worker_json[worker] = worker_json[worker] or cjson.encode(worker)
+  redis.call('HSET', jk, 'status', 'running', 'attempts', attempts, 'started_at', at,
+    'worker', worker, 'cancel_requested', 0, 'lease_token', token, 'lease_expires_at', expires,
+    'ev', n, 'e' .. n, event_text('status', status_data('running', attempts,
+                                                        ',"worker":' .. worker_json[worker]), now))
+  if f[16] then redis.call('HDEL', jk, 'finished_at') end
+  announce(id, n)
+  count(q, status, -1)
+  count(q, 'running', 1)
+  running_add[#running_add + 1] = expires
+  running_add[#running_add + 1] = id
+  -- the record as it is now, without reading it again
+  f[4], f[10], f[15], f[16], f[21], f[22], f[23], f[24] =
+    'running', tostring(attempts), at, false, worker, '0', token, expires
+  return f
 end
 
 -- Hand the best ready jobs of queue q straight to idle workers (registered by claim.lua when
@@ -203,29 +256,43 @@ local function hand_out(q, now)
     local worker = redis.call('SRANDMEMBER', ik)
     if not worker then return end
     local wk = P .. ':idle:' .. worker
-    local w = redis.call('HMGET', wk, 'free', 'until', 'lease', 'token')
-    if not w[1] or tonumber(w[1]) <= 0 or tonumber(w[2]) < now then
+    local w = redis.call('HMGET', wk, 'free', 'until', 'lease', 'token', 'n')
+    local free = tonumber(w[1] or '0')
+    if free <= 0 or tonumber(w[2]) < now then
       redis.call('SREM', ik, worker)
     else
-      local best = redis.call('ZRANGE', rk, 0, 0)
+      local best = redis.call('ZPOPMIN', rk)
       if #best == 0 then return end
-      local n = redis.call('HINCRBY', wk, 'n', 1)
-      local rec = take(rk, best[1], worker, w[4] .. 'h' .. n, now + tonumber(w[3]), now)
+      local n = tonumber(w[5]) + 1
+      local rec = take(string.sub(best[1], 17), worker, w[4] .. 'h' .. n,
+                       now + tonumber(w[3]), now)
       if rec then
         redis.call('PUBLISH', P .. ':hand:' .. worker, cjson.encode(rec))
-        if redis.call('HINCRBY', wk, 'free', -1) <= 0 then redis.call('SREM', ik, worker) end
+        free = free - 1
+        if free <= 0 then redis.call('SREM', ik, worker) end
       end
+      redis.call('HSET', wk, 'free', free, 'n', n)
     end
   end
 end
 
--- end of a script: hand new work to idle workers, and wake the others if any is left (or if
--- a scheduled job arrived: waiters recompute when to look next)
-local function wake_all(now)
+-- End of every writing script: hand new work to idle workers, wake the others if any is left
+-- (or if a scheduled job arrived: waiters recompute when to look next), then apply the
+-- gathered writes.
+local function settle(now)
   for q, kind in pairs(woken) do
     if handing then hand_out(q, now) end
     if kind == 'scheduled' or redis.call('ZCARD', qkey(q, 'ready')) > 0 then
       redis.call('PUBLISH', P .. ':wake:' .. q, '')
     end
   end
+  for q, d in pairs(deltas) do
+    local ck = qkey(q, 'counts')
+    for status, delta in pairs(d) do
+      if delta ~= 0 then redis.call('HINCRBY', ck, status, delta) end
+    end
+  end
+  if #running_add > 0 then redis.call('ZADD', P .. ':running', unpack(running_add)) end
+  if #running_del > 0 then redis.call('ZREM', P .. ':running', unpack(running_del)) end
+  if #done_add > 0 then redis.call('ZADD', P .. ':done', unpack(done_add)) end
 end

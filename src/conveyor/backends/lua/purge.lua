@@ -1,3 +1,5 @@
 -- Delete finished jobs that finished before ARGV[3] (a timestamp), at most ARGV[4] of them.
 -- Returns how many were deleted.
-return prune(tonumber(ARGV[3]), tonumber(ARGV[4]))
+local n = prune(tonumber(ARGV[3]), tonumber(ARGV[4]))
+settle(nil)
+return n

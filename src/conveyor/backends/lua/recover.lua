@@ -13,10 +13,10 @@ for _, id in ipairs(expired) do
     requeue(id, jk, f[2], 'lease expired', now)
     lost[#lost + 1] = id
   else
-    redis.call('ZREM', P .. ':running', id)
+    running_del[#running_del + 1] = id
   end
 end
 -- retention: a finished job's hash expires by itself; its index entries and count go here
 prune(now - RETENTION, batch)
-wake_all(now)
+settle(now)
 return lost

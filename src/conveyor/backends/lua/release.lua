@@ -14,5 +14,5 @@ for b = 3, #ARGV, 2 do
     out[#out + 1] = 0
   end
 end
-wake_all(now)
+settle(now)
 return out

@@ -14,7 +14,6 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   redis.call('HSET', jk, 'seq', seq, 'attempts', 0, 'cancel_requested', 0)
   redis.call('HDEL', jk, 'finished_at', 'started_at', 'lease_token', 'lease_expires_at',
              'worker', 'scheduled_for')
-  redis.call('ZADD', P .. ':all', seq, id)
   redis.call('ZADD', qkey(q, 'all'), seq, id)
   if unique then redis.call('HSETNX', qkey(q, 'unique'), unique, id) end
   local head = true
@@ -22,5 +21,5 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   status_event(id, jk, 'queued', 0, ',"reason":"retried"', now)
   if head then make_available(id, q, 'queued', tonumber(f[5]), seq, nil) end
 end
-wake_all(now)
+settle(now)
 return record(jk)
