@@ -48,6 +48,8 @@ async def test_redis_restart_under_load_loses_no_accepted_job(
     """Redis is killed and restarted while two workers run: every accepted job succeeds, unaided."""
     first = workers.start("--concurrency", "20")
     second = workers.start("--concurrency", "20")
+    for proc in (first, second):
+        await proc.wait_output(" started on ")
     work = app_queue.tasks["work"]
     accepted: set[str] = set()
     refused = 0

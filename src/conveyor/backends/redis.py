@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -40,7 +41,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
@@ -66,6 +67,7 @@ _OPTIONS = {"prefix", "retention"}
 _DEFAULT_RETENTION = 7 * 24 * 3600.0
 _RECOVER_BATCH = 1000
 _LIST_BUDGET = 50_000
+_IDLE_CONNECTIONS = 8  # script connections kept open between commands
 
 Handler = Callable[[str], None]
 
@@ -150,7 +152,8 @@ class RedisBackend(Backend):
             raise ConfigError("retention must be at least 1 second")
         self._driver_url = urlunsplit(parts._replace(query=urlencode(theirs)))
         self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, tuple[str, str]] = {}  # name -> (sha1, text)
+        self._idle_conns: list[AbstractConnection] = []
         self._listener: _Listener | None = None
         self._wake = _Latch()
         self._wake_channels: set[str] = set()
@@ -191,7 +194,10 @@ class RedisBackend(Backend):
             retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.02), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],
         )
-        scripts = {name: client.register_script(text) for name, text in _load_scripts().items()}
+        scripts = {
+            name: (hashlib.sha1(text.encode()).hexdigest(), text)
+            for name, text in _load_scripts().items()
+        }
         try:
             await client.ping()
         except RedisError as exc:
@@ -209,6 +215,10 @@ class RedisBackend(Backend):
         if listener is not None:
             await listener.stop()
         client, self._client = self._client, None
+        conns, self._idle_conns = self._idle_conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
         if client is not None:
             await client.aclose()
         self._wake_channels.clear()
@@ -218,10 +228,55 @@ class RedisBackend(Backend):
         """Run one script; driver errors become BackendError with the original as cause."""
         if self._client is None:
             raise BackendError("the Redis backend is not open (use `async with queue:`)")
+        sha, text = self._scripts[name]
+        full = (self.prefix, self.retention, *args)
+        delay = 0.02
+        for attempt in range(4):
+            try:
+                try:
+                    return await self._command("EVALSHA", sha, 0, *full)
+                except NoScriptError:  # a restarted or flushed server: load it once more
+                    return await self._command("EVAL", text, 0, *full)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # a dropped connection (Redis restarting) is tried again briefly first
+                if attempt == 3:
+                    raise BackendError(f"redis {name}: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay *= 4
+            except RedisError as exc:
+                raise BackendError(f"redis {name}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _command(self, *args: Any) -> Any:
+        """Send one command on a connection of our own and read its reply.
+
+        The scripts go this way rather than through redis-py's client: it skips the pool's
+        per-command bookkeeping, which is a fair part of a round trip's cost on the hot path.
+        A connection whose exchange did not end cleanly (an error, a cancel mid-read) is closed,
+        never reused.
+        """
+        if self._idle_conns:
+            conn = self._idle_conns.pop()
+        else:
+            assert self._client is not None
+            pool = self._client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            await conn.connect()  # type: ignore[no-untyped-call]
         try:
-            return await self._scripts[name](args=(self.prefix, self.retention, *args))
-        except RedisError as exc:
-            raise BackendError(f"redis {name}: {exc}") from exc
+            await conn.send_command(*args, check_health=False)
+            reply = await conn.read_response()
+        except ResponseError:
+            self._idle_conns.append(conn)  # the server answered: the connection is fine
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+        if len(self._idle_conns) < _IDLE_CONNECTIONS:
+            self._idle_conns.append(conn)
+        else:  # a burst is over: keep only a few connections open
+            await conn.disconnect()
+        return reply
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
