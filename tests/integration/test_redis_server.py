@@ -269,3 +269,29 @@ def test_cli_app_settings_poll_slower_than_push() -> None:
     from conveyor.worker.engine import _CANCEL_BACKSTOP
 
     assert cli_app.SETTINGS.cancel_poll < 1.0 <= _CANCEL_BACKSTOP
+
+
+async def test_a_handed_job_whose_message_is_lost_comes_with_the_next_claim(
+    redis_server: RedisServer,
+) -> None:
+    """A job handed to an idle worker that missed the message is returned by its next claim."""
+    from conveyor.backends.base import Ack
+
+    url = redis_server.url(prefix=f"hand-{uuid.uuid4().hex[:8]}")
+    worker_side, producer = Queue(url), Queue(url)
+
+    @producer.task(name="echo")
+    async def echo(x: int) -> int:
+        return x
+
+    async with worker_side, producer:
+        backend = worker_side.backend
+        assert await backend.claim(["default"], "w1", 10, 30.0) == []  # idle: registered
+        listener = backend._listener  # type: ignore[attr-defined]
+        await listener.stop()  # the worker goes deaf: the hand-out message is lost
+        job = await echo.enqueue(7)
+        assert (await job.info()).status == "running"  # claimed for w1 by the enqueue
+        (again,) = await backend.claim(["default"], "w1", 10, 30.0)
+        assert again.id == job.id and again.lease_token
+        assert await backend.complete([Ack(job.id, again.lease_token, 7)]) == [True]
+        assert await job.result(timeout=5) == 7

@@ -68,6 +68,7 @@ _DEFAULT_RETENTION = 7 * 24 * 3600.0
 _RECOVER_BATCH = 1000
 _LIST_BUDGET = 50_000
 _IDLE_CONNECTIONS = 8  # script connections kept open between commands
+_HAND_TOKENS_KEPT = 10_000
 
 Handler = Callable[[str], None]
 
@@ -165,6 +166,8 @@ class RedisBackend(Backend):
         self._handed: dict[str, list[JobRecord]] = {}
         self._hand_queues: dict[str, tuple[str, ...]] = {}
         self._retired: set[str] = set()
+        # tokens of handed jobs already taken in, oldest first (a bounded ordered set)
+        self._hand_tokens: dict[str, None] = {}
         self._just_handed = False
 
     @property
@@ -355,12 +358,29 @@ class RedisBackend(Backend):
         else:
             self._next_due.pop(tuple(queues), None)
         out: list[JobRecord] = []
-        for i, values in enumerate(reply[1:], start=1):
+        for values in reply[1]:  # handed to us since the last claim: keep any we never got
+            record = _record(values)
+            if self._first_copy(record):
+                out.append(record)
+        for i, values in enumerate(reply[2:], start=1):
             try:
                 out.append(_record(values))
             except (ValueError, TypeError, IndexError) as exc:
                 await self._quarantine(str(values[0]), prefix + str(i), exc)
+        if len(out) > limit:  # recovered hand-outs beyond the free slots wait for the next claim
+            self._handed.setdefault(worker, []).extend(out[limit:])
+            out = out[:limit]
         return out
+
+    def _first_copy(self, record: JobRecord) -> bool:
+        """True the first time a handed job arrives (by pub/sub or with a claim), else False."""
+        token = record.lease_token or ""
+        if token in self._hand_tokens:
+            return False
+        self._hand_tokens[token] = None
+        if len(self._hand_tokens) > _HAND_TOKENS_KEPT:
+            del self._hand_tokens[next(iter(self._hand_tokens))]
+        return True
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:
         """Fail a claimed job that cannot be decoded (a foreign writer), so it never spins."""
@@ -389,6 +409,8 @@ class RedisBackend(Backend):
             log.warning("redis: a job handed to %s cannot be decoded (%s)", worker, exc)
             return
         assert record.lease_token is not None
+        if not self._first_copy(record):
+            return  # a claim brought it already
         if worker in self._retired:  # it stopped claiming while the job was on its way
             lease = Lease(record.id, record.lease_token)
             asyncio.get_running_loop().create_task(self._release_quietly([lease]))

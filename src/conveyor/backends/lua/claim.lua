@@ -2,9 +2,10 @@
 -- ARGV[3] worker, ARGV[4] limit, ARGV[5] lease seconds, ARGV[6] token prefix (random per call),
 -- ARGV[7] '1' if the worker listens on P:hand:<worker> (see hand_out in lib.lua),
 -- ARGV[8..] queue names.
--- Returns {next, record, record, ...}: `next` is the number of seconds (Redis clock) until the
--- earliest scheduled job of these queues is due ('' if none, only computed when the queues ran
--- dry), then the claimed records in order.
+-- Returns {next, handed, record, record, ...}: `next` is the number of seconds (Redis clock)
+-- until the earliest scheduled job of these queues is due ('' if none, only computed when the
+-- queues ran dry); `handed` the records of jobs handed to this worker since its last claim and
+-- still held by it (it may have missed their message); then the claimed records in order.
 local now = clock()
 local worker, limit, lease, prefix = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local handoff = ARGV[7] == '1'
@@ -16,6 +17,16 @@ local IDLE_TTL = 2
 -- this claim supersedes the worker's last idle registration (it is renewed below if it runs dry)
 local wk = P .. ':idle:' .. worker
 redis.call('DEL', wk)
+
+local handed = {}
+local hk = P .. ':handed:' .. worker
+for _, id in ipairs(redis.call('LRANGE', hk, 0, -1)) do
+  local rec = record(jkey(id))
+  if rec[4] == 'running' and rec[21] == worker then handed[#handed + 1] = rec end
+end
+redis.call('DEL', hk)
+-- recovered hand-outs count against the worker's free slots
+limit = math.max(0, limit - #handed)
 
 -- due scheduled lane heads join the ready set, where priority decides
 for _, q in ipairs(queues) do
@@ -31,13 +42,15 @@ end
 -- candidates: the best `limit` of each queue, merged by (score, member), taken off the index
 local picked = {}
 if #queues == 1 then
-  local got = redis.call('ZPOPMIN', qkey(queues[1], 'ready'), limit)
-  for i = 1, #got, 2 do picked[#picked + 1] = got[i] end
+  if limit > 0 then
+    local got = redis.call('ZPOPMIN', qkey(queues[1], 'ready'), limit)
+    for i = 1, #got, 2 do picked[#picked + 1] = got[i] end
+  end
 else
   local all = {}
   for _, q in ipairs(queues) do
     local rk = qkey(q, 'ready')
-    local got = redis.call('ZRANGE', rk, 0, limit - 1, 'WITHSCORES')
+    local got = limit > 0 and redis.call('ZRANGE', rk, 0, limit - 1, 'WITHSCORES') or {}
     for i = 1, #got, 2 do all[#all + 1] = {rk, got[i], tonumber(got[i + 1])} end
   end
   table.sort(all, function(a, b)
@@ -50,13 +63,13 @@ else
   end
 end
 
-local out = {''}
+local out = {'', handed}
 for i, m in ipairs(picked) do
   local rec = take(string.sub(m, 17), worker, prefix .. i, now + lease, now)
   if rec then out[#out + 1] = rec end
 end
 
-if #out - 1 < limit then
+if #out - 2 < limit then
   local soonest = nil
   for _, q in ipairs(queues) do
     local first = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
@@ -67,7 +80,7 @@ if #out - 1 < limit then
   end
   if soonest then out[1] = ts(math.max(0, soonest - now)) end
   if handoff then
-    redis.call('HSET', wk, 'free', limit - (#out - 1), 'until', ts(now + IDLE_TTL),
+    redis.call('HSET', wk, 'free', limit - (#out - 2), 'until', ts(now + IDLE_TTL),
                'lease', lease, 'token', prefix, 'n', 0)
     redis.call('EXPIRE', wk, IDLE_TTL + 1)
   end

@@ -248,7 +248,8 @@ end
 -- Hand the best ready jobs of queue q straight to idle workers (registered by claim.lua when
 -- they ran dry): the job is claimed for the worker here and its record published on the
 -- worker's channel, which saves the worker a claim round trip. A registration lapses after a
--- short time, so a worker that died idle cannot hold on to new jobs for long.
+-- short time, so a worker that died idle cannot hold on to new jobs for long (its lease brings
+-- such a job back).
 local function hand_out(q, now)
   local ik = qkey(q, 'idle')
   local rk = qkey(q, 'ready')
@@ -268,6 +269,11 @@ local function hand_out(q, now)
                        now + tonumber(w[3]), now)
       if rec then
         redis.call('PUBLISH', P .. ':hand:' .. worker, cjson.encode(rec))
+        -- pub/sub may drop a message (a connection going down): the worker's next claim also
+        -- returns what was handed to it since, and it keeps whichever copy arrives first
+        local hk = P .. ':handed:' .. worker
+        redis.call('RPUSH', hk, rec[1])
+        redis.call('EXPIRE', hk, 60)
         free = free - 1
         if free <= 0 then redis.call('SREM', ik, worker) end
       end
