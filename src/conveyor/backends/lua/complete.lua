@@ -15,5 +15,8 @@ for i, ack in ipairs(cjson.decode(ARGV[3])) do
     out[i] = 0
   end
 end
+-- retention: as many expired jobs leave as jobs finish here, so the indexes stay bounded
+-- however fast jobs go through (recover() prunes too, for queues that went quiet)
+prune(now - RETENTION, #out + 8)
 settle(now)
 return out
