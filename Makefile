@@ -62,7 +62,7 @@ demo: venv ## the FastAPI demo on SQLite: app + dashboard served, driven for you
 demo-worker: venv ## jobs of every kind on an embedded SQLite file, run by an in-process worker
 	$(BIN)/python examples/demo.py
 
-bench: venv ## SQLite throughput and latency; saves benchmarks/results/<time>.json
+bench: venv ## SQLite and Redis throughput and latency; saves benchmarks/results/<time>.json
 	$(BIN)/python benchmarks/run.py
 
 BENCH_VENV := .venv-bench

@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:  # the tests' server helper, shared rather than copied
     sys.path.insert(0, str(ROOT / "tests"))
 
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer, redis_server_binary  # noqa: E402
 
-__all__ = ["fresh_redis", "redis_server"]
+__all__ = ["fresh_redis", "redis_server", "redis_server_binary"]
 
 
 @contextmanager

@@ -106,15 +106,19 @@ def sqlite_target(synchronous: str, *, goals: bool = False) -> Target:
     return Target(f"sqlite-{synchronous}", f"SQLite, synchronous={synchronous} ({label})", fresh, goals)
 
 
-def redis_target() -> Target:
-    """A throwaway redis-server on a free port (see benchmarks/redis_bench.py)."""
-    from benchmarks.redis_bench import fresh_redis
+def redis_target() -> Target | None:
+    """A throwaway redis-server on a free port (see benchmarks/redis_bench.py); None without one."""
+    from benchmarks.redis_bench import fresh_redis, redis_server_binary
 
+    if redis_server_binary() is None:
+        return None
     return Target("redis", "Redis, a local redis-server (AOF off)", fresh_redis)
 
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (sqlite_target("full", goals=True), sqlite_target("normal"), redis_target())
+    t.name: t
+    for t in (sqlite_target("full", goals=True), sqlite_target("normal"), redis_target())
+    if t is not None
 }
 
 

@@ -6,7 +6,7 @@
 One throwaway ``redis-server`` on a free port serves every library in turn (flushed in between);
 each library runs as its own client process and its own standard worker process (see common.py
 and the ``<name>_app.py`` files). Prints a table with conveyor's ratio to each peer, and saves
-``benchmarks/results/peers-<UTC time>.json``.
+``benchmarks/results/peers/<UTC time>.json``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def main() -> int:
     print(out)
     if not args.no_save:
         when = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-        path = ROOT / "benchmarks" / "results" / f"peers-{when}.json"
+        # a folder of its own: run.py compares with the newest file of results/ itself
+        path = ROOT / "benchmarks" / "results" / "peers" / f"{when}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
             "when": when, "jobs": args.jobs, "samples": args.samples,
