@@ -12,19 +12,25 @@ pub/sub connection per backend (see :class:`_Listener`) receives them; it reconn
 when Redis goes away, and while it is down waiters fall back to a bounded poll, so a Redis restart
 never needs a worker restart.
 
+Hand-off: a worker whose claim came back short registers as idle for a moment, and the next
+enqueue claims the job for it inside its own script and publishes the record on
+``<prefix>:hand:<worker>``; ``claim()`` then returns it without a round trip. A message that got
+lost comes back with the worker's next claim (see ``hand_out`` in ``lib.lua``).
+
 URL: ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS), with conveyor's own
 query options ``prefix`` (key namespace, default ``conveyor``) and ``retention`` (seconds a
 finished job, its result and its events are kept, default 7 days); other query options go to
 redis-py (``socket_timeout``, ``ssl_cert_reqs``, ...).
 
-The module is longer than most because the listener lives beside the backend it serves; the
-atomic logic itself is in the Lua files.
+The module is longer than most because the pub/sub listener and the hand-off bookkeeping live
+beside the backend they serve; the atomic logic itself is in the Lua files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -111,6 +117,7 @@ def _record(v: Sequence[str | None]) -> JobRecord:
     )
 
 
+@functools.cache
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("conveyor.backends").joinpath("lua")
     lib = folder.joinpath("lib.lua").read_text(encoding="utf-8")
@@ -241,7 +248,10 @@ class RedisBackend(Backend):
                 except NoScriptError:  # a restarted or flushed server: load it once more
                     return await self._command("EVAL", text, 0, *full)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                # a dropped connection (Redis restarting) is tried again briefly first
+                # a dropped connection (Redis restarting) is tried again briefly first. If the
+                # script ran but its reply was lost, running it again is safe: enqueue skips
+                # ids it has, fenced verbs answer False, and a second claim's leases expire
+                # and come back (at-least-once, never lost)
                 if attempt == 3:
                     raise BackendError(f"redis {name}: {exc}") from exc
                 await asyncio.sleep(delay)
@@ -362,11 +372,11 @@ class RedisBackend(Backend):
             record = _record(values)
             if self._first_copy(record):
                 out.append(record)
-        for i, values in enumerate(reply[2:], start=1):
+        for values in reply[2:]:
             try:
                 out.append(_record(values))
             except (ValueError, TypeError, IndexError) as exc:
-                await self._quarantine(str(values[0]), prefix + str(i), exc)
+                await self._quarantine(str(values[0]), str(values[22]), exc)
         if len(out) > limit:  # recovered hand-outs beyond the free slots wait for the next claim
             self._handed.setdefault(worker, []).extend(out[limit:])
             out = out[:limit]
