@@ -295,3 +295,23 @@ async def test_a_handed_job_whose_message_is_lost_comes_with_the_next_claim(
         assert again.id == job.id and again.lease_token
         assert await backend.complete([Ack(job.id, again.lease_token, 7)]) == [True]
         assert await job.result(timeout=5) == 7
+
+
+async def test_hand_off_to_an_idle_worker_keeps_priority_order(redis_server: RedisServer) -> None:
+    """A batch enqueued to an idle worker is handed out best first: priority, then enqueue order."""
+    queue = Queue(redis_server.url(prefix=f"order-{uuid.uuid4().hex[:8]}"))
+    ran: list[str] = []
+
+    @queue.task
+    async def record(label: str) -> None:
+        ran.append(label)
+
+    async with queue, queue.worker(concurrency=1):
+        await asyncio.sleep(0.2)  # the worker has claimed nothing and waits, registered idle
+        jobs = await queue.enqueue_many([
+            record.prepare("low"), record.options(priority=5).prepare("high"),
+            record.prepare("low2"), record.options(priority=5).prepare("high2"),
+        ])
+        for job in jobs:
+            await job.result(timeout=10)
+    assert ran == ["high", "high2", "low", "low2"]
