@@ -254,6 +254,11 @@ class RedisBackend(Backend):
                 # and come back (at-least-once, never lost)
                 if attempt == 3:
                     raise BackendError(f"redis {name}: {exc}") from exc
+                # the other idle connections most likely died with this one: start afresh
+                conns, self._idle_conns = self._idle_conns, []
+                for conn in conns:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect()
                 await asyncio.sleep(delay)
                 delay *= 4
             except RedisError as exc:
