@@ -16,8 +16,11 @@
 --   P:running           zset of running jobs by lease expiry (Redis clock)
 --   P:done              zset of finished jobs by finish time, member "<id>\n<status>\n<Q>"
 --   P:seq, P:queues     the sequence counter; the set of queue names
+--   P:q:Q:idle          set of workers registered idle on the queue (see hand_out)
+--   P:idle:<worker>     hash: its free slots, registration expiry, lease, token prefix, count
+--   P:handed:<worker>   list of job ids handed to it since its last claim (short TTL)
 -- Channels: P:wake:Q (work may be due), P:cancel (a running job was asked to stop),
---           P:ev:<id> (the job has a new event).
+--           P:ev:<id> (the job has a new event), P:hand:<worker> (a job claimed for it).
 
 local P = ARGV[1]
 local RETENTION = tonumber(ARGV[2])
