@@ -22,7 +22,7 @@ from pydantic_core import PydanticSerializationError
 from conveyor.errors import ArgumentError, NotSerializable, PayloadTooLarge
 from conveyor.model import ErrorInfo
 
-__all__ = ["TaskSignature", "check_json", "encoded_size", "error_info"]
+__all__ = ["TaskSignature", "check_json", "dump_json", "encoded_size", "error_info", "load_stored"]
 
 _STRICT = ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=False)
 _JSON_LEAVES = (str, int, float, bool, type(None))
@@ -81,6 +81,21 @@ def _reject_nonfinite(value: Any, where: str) -> None:
     elif isinstance(value, dict):
         for k, item in value.items():
             _reject_nonfinite(item, f"{where}[{k!r}]")
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text, refusing NaN and Infinity (backends store payloads with this)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def load_stored(text: str | None) -> Any:
+    """Decode stored JSON; text that is not JSON comes back as it is, for the worker to reject."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def encoded_size(args: list[Any], kwargs: dict[str, Any]) -> int:

@@ -53,6 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
 from conveyor.errors import BackendError, ConfigError
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
+from conveyor.serde import dump_json, load_stored
 
 __all__ = ["RedisBackend"]
 
@@ -79,9 +80,6 @@ _HAND_TOKENS_KEPT = 10_000
 Handler = Callable[[str], None]
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
 
 def _ts(d: datetime | None) -> str:
     # repr keeps every digit of the float: a stored time reads back exactly
@@ -92,26 +90,19 @@ def _dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromtimestamp(float(text), UTC)
 
 
-def _json(text: str | None) -> Any:
-    """Decode stored JSON; text that is not JSON comes back as it is, for the worker to reject."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
 
 def _record(v: Sequence[str | None]) -> JobRecord:
     """A record from the values of lib.lua's FIELDS (absent fields are None)."""
     return JobRecord(
         id=v[0], task=v[1], queue=v[2], status=JobStatus(v[3]),  # type: ignore[arg-type]
-        args=_json(v[4]), kwargs=_json(v[5]), priority=int(v[6] or 0), key=v[7], unique=v[8],
+        args=load_stored(v[4]), kwargs=load_stored(v[5]), priority=int(v[6] or 0), key=v[7],
+        unique=v[8],
         attempts=int(v[9] or 0), max_attempts=int(v[10] or 1),
         timeout=None if v[11] is None else float(v[11]),
         enqueued_at=_dt(v[12]),  # type: ignore[arg-type]
         scheduled_for=_dt(v[13]), started_at=_dt(v[14]), finished_at=_dt(v[15]),
-        result=_json(v[16]), error=_json(v[17]), progress=_json(v[18]), retry=_json(v[19]),
+        result=load_stored(v[16]), error=load_stored(v[17]), progress=load_stored(v[18]),
+        retry=load_stored(v[19]),
         worker=v[20], cancel_requested=v[21] == "1", lease_token=v[22],
         lease_expires_at=_dt(v[23]),
     )
@@ -324,11 +315,11 @@ class RedisBackend(Backend):
             return []
         # one JSON argument for the batch: far cheaper to send than 14 arguments per job; args,
         # kwargs and retry ride along as JSON text inside it, so Lua stores them byte for byte
-        batch = _dump([
-            [job.id, job.task, job.queue, _dump(job.args), _dump(job.kwargs), str(job.priority),
+        batch = dump_json([
+            [job.id, job.task, job.queue, dump_json(job.args), dump_json(job.kwargs), str(job.priority),
              job.key, job.unique, str(job.max_attempts),
              "" if job.timeout is None else repr(float(job.timeout)), _ts(job.enqueued_at),
-             _ts(job.scheduled_for), "" if job.retry is None else _dump(job.retry),
+             _ts(job.scheduled_for), "" if job.retry is None else dump_json(job.retry),
              job.supersede]
             for job in jobs
         ])
@@ -473,7 +464,7 @@ class RedisBackend(Backend):
         if not acks:
             return []
         # one JSON argument; each result rides inside as JSON text, stored byte for byte
-        batch = _dump([[ack.job_id, ack.token, _dump(ack.result)] for ack in acks])
+        batch = dump_json([[ack.job_id, ack.token, dump_json(ack.result)] for ack in acks])
         return [r == 1 for r in await self._run("complete", batch)]
 
     async def fail(
@@ -481,7 +472,7 @@ class RedisBackend(Backend):
     ) -> bool:
         final = JobStatus.DEAD if dead else JobStatus.FAILED
         reply = await self._run(
-            "fail", lease.job_id, lease.token, _dump(error), _ts(retry_at), final.value
+            "fail", lease.job_id, lease.token, dump_json(error), _ts(retry_at), final.value
         )
         return bool(reply == 1)
 
@@ -498,7 +489,7 @@ class RedisBackend(Backend):
     ) -> JobRecord | None:
         reply = await self._run(
             "cancel", job_id, "" if lease is None else lease.token,
-            "" if error is None else _dump(error),
+            "" if error is None else dump_json(error),
         )
         return None if reply is None else _record(reply)
 
@@ -519,7 +510,7 @@ class RedisBackend(Backend):
                 return total
 
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:
-        data = _dump({"fraction": fraction, "message": message})
+        data = dump_json({"fraction": fraction, "message": message})
         return bool(await self._run("progress", lease.job_id, lease.token, data) == 1)
 
     # -- reads -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from conveyor.model import (
     JobStatus,
     from_timestamp,
 )
+from conveyor.serde import dump_json, load_stored
 
 __all__ = ["SQLiteBackend"]
 
@@ -124,18 +125,6 @@ _COLUMNS = (
 )
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _load(text: str | None) -> Any:
-    """Decode stored JSON; text that is not JSON comes back as it is, for the worker to reject."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _ts(d: datetime | None) -> float | None:
@@ -145,12 +134,12 @@ def _ts(d: datetime | None) -> float | None:
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
     return JobRecord(
         id=row[0], task=row[1], queue=row[2], status=JobStatus(row[3]),
-        args=_load(row[4]), kwargs=_load(row[5]), priority=row[6], key=row[7], unique=row[8],
+        args=load_stored(row[4]), kwargs=load_stored(row[5]), priority=row[6], key=row[7], unique=row[8],
         attempts=row[9], max_attempts=row[10], timeout=row[11],
         enqueued_at=from_timestamp(row[12]),  # type: ignore[arg-type]
         scheduled_for=from_timestamp(row[13]), started_at=from_timestamp(row[14]),
-        finished_at=from_timestamp(row[15]), result=_load(row[16]), error=_load(row[17]),
-        progress=_load(row[18]), retry=_load(row[19]), worker=row[20],
+        finished_at=from_timestamp(row[15]), result=load_stored(row[16]), error=load_stored(row[17]),
+        progress=load_stored(row[18]), retry=load_stored(row[19]), worker=row[20],
         cancel_requested=bool(row[21]), lease_token=row[22],
         lease_expires_at=from_timestamp(row[23]),
     )
@@ -321,7 +310,7 @@ class SQLiteBackend(Backend):
             ).fetchone()[0]
             conn.execute(
                 "INSERT INTO conveyor_events VALUES (?, ?, ?, ?, ?)",
-                (job_id, seq, type_, now, _dump(data)),
+                (job_id, seq, type_, now, dump_json(data)),
             )
 
     @staticmethod
@@ -339,7 +328,7 @@ class SQLiteBackend(Backend):
         conn.executemany(
             "INSERT INTO conveyor_events VALUES (?, ?, 'status', ?, ?)",
             [
-                (job_id, seq, now, _dump({"status": status, "attempt": attempts, **extra}))
+                (job_id, seq, now, dump_json({"status": status, "attempt": attempts, **extra}))
                 for job_id, seq, status, attempts in rows
             ],
         )
@@ -366,7 +355,7 @@ class SQLiteBackend(Backend):
     # -- transitions -----------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         rows = [
-            (job, _dump(job.args), _dump(job.kwargs), _dump(job.retry) if job.retry else None)
+            (job, dump_json(job.args), dump_json(job.kwargs), dump_json(job.retry) if job.retry else None)
             for job in jobs
         ]
 
@@ -471,7 +460,7 @@ class SQLiteBackend(Backend):
         row = conn.execute(
             "UPDATE conveyor_jobs SET status = 'failed', finished_at = ?, error = ?, "
             "lease_token = NULL, lease_expires_at = NULL WHERE id = ? RETURNING queue, key",
-            (now, _dump(error), job_id),
+            (now, dump_json(error), job_id),
         ).fetchone()
         cls._status_events(conn, now, [job_id], error=error)
         if row is not None and row[1] is not None:
@@ -521,7 +510,7 @@ class SQLiteBackend(Backend):
         conn.executemany(
             "INSERT INTO conveyor_events VALUES (?, ?, 'status', ?, ?)",
             [
-                (job_id, seq, now, _dump({"status": status, "attempt": attempt, **extra}))
+                (job_id, seq, now, dump_json({"status": status, "attempt": attempt, **extra}))
                 for job_id, seq, status, attempt in rows
             ],
         )
@@ -529,7 +518,7 @@ class SQLiteBackend(Backend):
     async def complete(self, acks: Sequence[Ack]) -> list[bool]:
         if not acks:
             return []
-        payload = [(Lease(a.job_id, a.token), _dump(a.result)) for a in acks]
+        payload = [(Lease(a.job_id, a.token), dump_json(a.result)) for a in acks]
 
         def work(conn: sqlite3.Connection, now: float) -> list[bool]:
             out: list[bool] = []
@@ -555,7 +544,7 @@ class SQLiteBackend(Backend):
     async def fail(
         self, lease: Lease, error: ErrorInfo, *, retry_at: datetime | None, dead: bool = False
     ) -> bool:
-        err = _dump(error)
+        err = dump_json(error)
 
         def work(conn: sqlite3.Connection, now: float) -> bool:
             if retry_at is None:
@@ -613,7 +602,7 @@ class SQLiteBackend(Backend):
             if lease is not None:
                 hit = self._settle(
                     conn, now, lease, "status = 'cancelled', finished_at = ?, error = ?",
-                    (now, _dump(error) if error else None),
+                    (now, dump_json(error) if error else None),
                 )
                 if hit is not None:
                     self._append_status(conn, now, [hit.event])
@@ -692,7 +681,7 @@ class SQLiteBackend(Backend):
 
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:
         data = {"fraction": fraction, "message": message}
-        text = _dump(data)
+        text = dump_json(data)
 
         def work(conn: sqlite3.Connection, now: float) -> bool:
             row = conn.execute(
