@@ -9,52 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import CodeType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Ack, Lease
-from conveyor.context import Context
-from conveyor.errors import ArgumentError, ConfigError, NotSerializable, UnknownTask
-from conveyor.model import ErrorInfo, JobRecord, new_token, utcnow
-from conveyor.retry import Retry
-from conveyor.serde import error_info
-from conveyor.worker.procpool import ProcessPool, RemoteError
+from conveyor.errors import ConfigError
+from conveyor.model import new_token, utcnow
+from conveyor.worker.attempt import Runner
 from conveyor.worker.watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from conveyor.queue import Queue
-    from conveyor.task import Task
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("conveyor.worker")
 
-StopReason = Literal["cancel", "timeout", "shutdown", "lost"]
-# errors that another attempt cannot fix: the job fails at once, whatever its retry policy
-_PERMANENT = (UnknownTask, ArgumentError, NotSerializable)
 # seconds between cancel_requested polls when the backend pushes cancel requests (a lost push)
 _CANCEL_BACKSTOP = 2.0
-
-
-@dataclass(slots=True, eq=False)
-class _Running:
-    record: JobRecord
-    lease: Lease
-    ctx: Context
-    task: asyncio.Task[None] | None = None
-    reason: StopReason | None = None
-    timer: asyncio.TimerHandle | None = None
-    started: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -75,17 +54,17 @@ class Worker:
             raise ConfigError("lease must be at least 0.1 seconds")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[:6]}"
         self.counts: Counter[str] = Counter()
-        self._running: dict[str, _Running] = {}
-        self._by_task: dict[asyncio.Task[None], _Running] = {}
-        self._acks: list[tuple[Ack, _Running]] = []
+        self._acks: list[Ack] = []
         self._ack_ready = asyncio.Event()
         self._ack_lock = asyncio.Lock()
-        self._slot_free = asyncio.Event()
+        self._runner = Runner(
+            queue, worker_id=self.id, concurrency=concurrency, cpu_workers=cpu_workers,
+            counts=self.counts, on_success=self._acked,
+        )
+        self._running = self._runner.running
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="conveyor-job")
-        self._procs = ProcessPool(cpu_workers)
         self._watchdog = LoopWatchdog(
             queue.settings.loop_lag_warning, self._task_codes, self._current_job
         )
@@ -166,7 +145,7 @@ class Worker:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for run in list(self._running.values()):
                 if run.task in pending:
-                    self._interrupt(run, "shutdown")
+                    self._runner.interrupt(run, "shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=max(5.0, self.lease))
         await self._flush_acks()
@@ -176,8 +155,7 @@ class Worker:
         if self._unwatch is not None:
             self._unwatch()
         self._watchdog.stop()
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        self._procs.close()
+        self._runner.close()
         self._stopped.set()
         log.info("worker %s stopped (%s)", self.id, dict(self.counts))
 
@@ -188,8 +166,8 @@ class Worker:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
             if free <= 0:
-                self._slot_free.clear()
-                await self._race(self._slot_free.wait())
+                self._runner.slot_free.clear()
+                await self._race(self._runner.slot_free.wait())
                 continue
             try:
                 records = await backend.claim(self.queues, self.id, free, self.lease)
@@ -200,7 +178,7 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             for record in records:
-                self._launch(record)
+                self._runner.launch(record)
             if not records:
                 try:
                     await self._race(backend.wait_for_jobs(self.queues, timeout=1.0))
@@ -221,185 +199,11 @@ class Worker:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
                 raise waiter.exception()
 
-    def _launch(self, record: JobRecord) -> None:
-        assert record.lease_token is not None
-        lease = Lease(record.id, record.lease_token)
-        loop = asyncio.get_running_loop()
-        ctx = Context(
-            job_id=record.id, task=record.task, queue=record.queue, attempt=record.attempts,
-            report=self._reporter(lease), loop=loop,
-        )
-        run = _Running(record, lease, ctx)
-        self._running[record.id] = run
-        run.task = loop.create_task(self._execute(run), name=f"conveyor:{record.task}:{record.id}")
-        self._by_task[run.task] = run
-        if record.timeout:
-            run.timer = loop.call_later(record.timeout, self._interrupt, run, "timeout")
-
-    def _reporter(self, lease: Lease) -> Any:
-        backend = self.queue.backend
-
-        async def report(fraction: float, message: str) -> None:
-            if not await backend.progress(lease, fraction, message):
-                log.warning("job %s: progress not stored (lease lost)", lease.job_id)
-
-        return report
-
-    def _interrupt(self, run: _Running, reason: StopReason) -> None:
-        """Stop a running job: cancel its coroutine (kills a process, abandons a thread)."""
-        if run.reason is not None or run.task is None or run.task.done():
-            return
-        run.reason = reason
-        run.ctx._cancel()
-        run.task.cancel()
-
-    # -- running one job -------------------------------------------------------------------
-    async def _execute(self, run: _Running) -> None:
-        record = run.record
-        task = self.queue.tasks.get(record.task)
-        try:
-            await self._attempt(run, task)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # a bug of ours must not kill the worker; the lease brings the job back
-            log.exception("worker %s: internal error while settling job %s", self.id, record.id)
-        finally:
-            if run.timer is not None:
-                run.timer.cancel()
-            self._running.pop(record.id, None)
-            if run.task is not None:
-                self._by_task.pop(run.task, None)
-            self._slot_free.set()
-
-    async def _attempt(self, run: _Running, task: Task[Any, Any] | None) -> None:
-        try:
-            value = await self._call(task, run)
-        except asyncio.CancelledError:
-            if run.reason is None:
-                raise
-            await self._stopped_early(run, task)
-            return
-        except BaseException as exc:  # SystemExit from a task is the task's failure, not ours
-            if run.reason is not None:
-                # the task turned our cancellation into something else; honour the cancel
-                await self._stopped_early(run, task)
-                return
-            await self._failed(run, task, exc)
-            return
-        if run.reason is not None:
-            await self._stopped_early(run, task)
-            return
-        self.counts["succeeded"] += 1
-        self._acks.append((Ack(run.record.id, run.lease.token, value), run))
+    # -- background loops ------------------------------------------------------------------
+    def _acked(self, ack: Ack) -> None:
+        self._acks.append(ack)
         self._ack_ready.set()
 
-    async def _call(self, task: Task[Any, Any] | None, run: _Running) -> Any:
-        record = run.record
-        if task is None:
-            raise UnknownTask(
-                f"no task named {record.task!r} is registered on this worker's queue "
-                f"(known: {sorted(self.queue.tasks)})"
-            )
-        if task.cpu:
-            try:
-                return await self._procs.run(task, record, run.ctx._report)
-            except RemoteError as exc:
-                raise _Remote(exc.info) from None
-        values = task.signature.decode_values(record.args, record.kwargs)
-        injected: dict[str, Any] = dict.fromkeys(task.signature.context_params, run.ctx)
-        async with contextlib.AsyncExitStack() as stack:
-            if task.signature.dependency_params:
-                # FastAPI-style Depends(): resolved per attempt, generators closed after it
-                resolver = importlib.import_module("conveyor.fastapi.dependencies")
-                injected.update(await resolver.resolve(task, run.ctx, stack))
-            args, kwargs = task.signature.assemble(values, injected)
-            if task.is_async:
-                result = await task.fn(*args, **kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._threads, lambda: task.fn(*args, **kwargs)
-                )
-        return task.signature.encode_result(result)
-
-    async def _failed(self, run: _Running, task: Task[Any, Any] | None, exc: BaseException) -> None:
-        record = run.record
-        error = exc.info if isinstance(exc, _Remote) else error_info(exc)
-        policy = self._policy(record, task)
-        attempts_left = record.attempts < record.max_attempts and not isinstance(exc, _PERMANENT)
-        backend = self.queue.backend
-        if attempts_left:
-            delay = policy.delay(record.attempts)
-            retry_at = utcnow() + timedelta(seconds=delay)
-            self.counts["retried"] += 1
-            log.warning("job %s (%s) attempt %d/%d failed, retrying in %.2f s: %s: %s",
-                        record.id, record.task, record.attempts, record.max_attempts, delay,
-                        error["type"], error["message"])
-            ok = await self._settle(lambda: backend.fail(run.lease, error, retry_at=retry_at))
-        else:
-            dead = record.max_attempts > 1
-            self.counts["dead" if dead else "failed"] += 1
-            log.error("job %s (%s) %s after %d attempt(s): %s: %s\n%s",
-                      record.id, record.task, "dead" if dead else "failed", record.attempts,
-                      error["type"], error["message"], error["traceback"])
-            ok = await self._settle(
-                lambda: backend.fail(run.lease, error, retry_at=None, dead=dead)
-            )
-        if not ok:
-            log.warning("job %s: failure not stored, the lease was lost", record.id)
-
-    async def _stopped_early(self, run: _Running, task: Task[Any, Any] | None) -> None:
-        record, backend = run.record, self.queue.backend
-        if run.reason == "shutdown":
-            self.counts["released"] += 1
-            await self._settle(lambda: backend.release([run.lease]))
-        elif run.reason == "cancel":
-            self.counts["cancelled"] += 1
-            log.info("job %s (%s) cancelled while running", record.id, record.task)
-            await self._settle(lambda: backend.cancel(record.id, lease=run.lease))
-        elif run.reason == "timeout":
-            await self._failed(run, task, TimeoutError(
-                f"{record.task} did not finish within its {record.timeout} s timeout"
-            ))
-        else:  # lost: another worker owns the job now; leave it alone
-            self.counts["lost"] += 1
-
-    @staticmethod
-    def _policy(record: JobRecord, task: Task[Any, Any] | None) -> Retry:
-        if record.retry:
-            try:
-                return Retry.from_dict(record.retry)
-            except (TypeError, ValueError, ConfigError):
-                log.error("job %s: stored retry policy %r is malformed", record.id, record.retry)
-        if task is not None:
-            return task.retry
-        return Retry(attempts=max(1, record.max_attempts))
-
-    async def _settle(self, make: Callable[[], Awaitable[Any]]) -> bool:
-        """Apply a transition, retrying through backend errors; True if it took effect.
-
-        If the backend stays unreachable the job is left running: its lease expires and another
-        worker puts it back (at-least-once), so giving up here loses nothing.
-        """
-        delay = 0.05
-        for attempt in range(8):
-            try:
-                out = await make()
-            except Exception:
-                if attempt == 7:
-                    log.exception("giving up on a job transition; its lease will bring it back")
-                    return False
-                log.warning("job transition failed, retrying in %.2f s", delay, exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if isinstance(out, list):
-                return all(out)
-            return out is not None and out is not False
-        return False
-
-    # -- background loops ------------------------------------------------------------------
     async def _ack_loop(self) -> None:
         while True:
             await self._ack_ready.wait()
@@ -417,14 +221,14 @@ class Worker:
             delay = 0.05
             while True:
                 try:
-                    results = await self.queue.backend.complete([ack for ack, _ in batch])
+                    results = await self.queue.backend.complete(batch)
                     break
                 except Exception:
                     log.warning("storing %d result(s) failed; retrying in %.2f s",
                                 len(batch), delay, exc_info=True)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-            for ok, (ack, _) in zip(results, batch, strict=True):
+            for ok, ack in zip(results, batch, strict=True):
                 if not ok:
                     self.counts["lost"] += 1
                     log.warning("job %s: result not stored, the lease was lost", ack.job_id)
@@ -445,14 +249,14 @@ class Worker:
                 run = self._running.get(job_id)
                 if run is not None:
                     log.warning("job %s: lease lost; another worker may run it", job_id)
-                    self._interrupt(run, "lost")
+                    self._runner.interrupt(run, "lost")
             for job_id in result.cancel_requested:
                 run = self._running.get(job_id)
                 if run is not None:
-                    self._interrupt(run, "cancel")
+                    self._runner.interrupt(run, "cancel")
 
     def _pending_leases(self) -> list[Lease]:
-        return [Lease(ack.job_id, ack.token) for ack, _ in self._acks]
+        return [Lease(ack.job_id, ack.token) for ack in self._acks]
 
     async def _cancel_loop(self) -> None:
         backend = self.queue.backend
@@ -471,12 +275,12 @@ class Worker:
             for job_id in wanted:
                 run = self._running.get(job_id)
                 if run is not None:
-                    self._interrupt(run, "cancel")
+                    self._runner.interrupt(run, "cancel")
 
     def _cancel_pushed(self, job_id: str) -> None:
         run = self._running.get(job_id)
         if run is not None:
-            self._interrupt(run, "cancel")
+            self._runner.interrupt(run, "cancel")
 
     async def _recover_loop(self) -> None:
         backend = self.queue.backend
@@ -511,17 +315,4 @@ class Worker:
 
     def _current_job(self) -> str | None:
         loop = self._watchdog._loop
-        current = asyncio.current_task(loop) if loop is not None else None
-        run = self._by_task.get(current) if current is not None else None
-        return run.record.id if run is not None else None
-
-
-class _Remote(Exception):
-    """A failure reported by a cpu=True child, carrying its stored form."""
-
-    def __init__(self, info: dict[str, str]) -> None:
-        super().__init__(info.get("message", ""))
-        self.info: ErrorInfo = {
-            "type": info.get("type", "Exception"), "message": info.get("message", ""),
-            "traceback": info.get("traceback", ""),
-        }
+        return self._runner.job_of(asyncio.current_task(loop) if loop is not None else None)
