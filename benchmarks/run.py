@@ -314,19 +314,31 @@ async def run_all(targets: list[Target], names: list[str], p: Params) -> Run:
     return run
 
 
-def previous_run(exclude: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
-    files = sorted(f for f in RESULTS.glob("*.json") if f != exclude)
-    if not files:
+def previous_run(exclude: Path | None = None) -> tuple[str, dict[str, Any]] | None:
+    """For each target, its figures from the newest earlier run that measured it.
+
+    Runs of one target only (``--targets redis``) must not hide the others' last figures.
+    """
+    files = sorted((f for f in RESULTS.glob("*.json") if f != exclude), reverse=True)
+    merged: dict[str, Any] = {}
+    sources: list[str] = []
+    for f in files:
+        data = json.loads(f.read_text())
+        new = {t: r for t, r in data.get("results", {}).items() if t not in merged}
+        if new:
+            merged.update(new)
+            sources.append(f"{f.name} ({data.get('commit', '?')}): {', '.join(sorted(new))}")
+    if not merged:
         return None
-    return files[-1], json.loads(files[-1].read_text())
+    return "; ".join(sources), {"results": merged}
 
 
-def report(run: Run, p: Params, before: tuple[Path, dict[str, Any]] | None) -> bool:
+def report(run: Run, p: Params, before: tuple[str, dict[str, Any]] | None) -> bool:
     """Print the figures beside the previous run's; return False if a goal was missed."""
     old = before[1]["results"] if before else {}
     title = f"conveyor benchmarks · {run.when} · {run.commit}"
     if before:
-        title += f"  (compared with {before[0].name}, {before[1].get('commit', '?')})"
+        title += f"  (compared with {before[0]})"
     table = Table(title=title, title_justify="left")
     for col, just in (("target", "left"), ("figure", "left"), ("now", "right"), ("before", "right"),
                       ("change", "right"), ("goal", "left")):
