@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,11 @@ from typing import Any
 
 import httpx
 import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+# piped output (CI, `| tee`) gets a wide console so the story lines and bars do not wrap
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 130)
 
 USERS = [
     ("ada@example.com", "Ada"),
@@ -52,7 +58,7 @@ def pick_port(preferred: int) -> int:
 
 def say(text: str = "") -> None:
     """Print a line of the demo's story."""
-    print(text, flush=True)
+    console.print(text, markup=False, soft_wrap=True)
 
 
 async def drive(base: str, linger: float) -> None:
@@ -67,7 +73,9 @@ async def drive(base: str, linger: float) -> None:
             response.raise_for_status()
             jobs[email] = response.json()["welcome_job"]
             say(f"     201  {email:<24} welcome job {jobs[email]}")
-        say("3. The worker sends the emails; failures are retried with backoff:")
+        say("3. The worker sends the emails; failures are retried with backoff.")
+        say("   Each bar follows its job's Server-Sent Events (GET /jobs/{id}/events):")
+        await follow_all(base, jobs)
         records = await watch(client, jobs)
         say("4. Outcome (GET /jobs/{id}):")
         for email, record in records.items():
@@ -80,6 +88,41 @@ async def drive(base: str, linger: float) -> None:
         if linger > 0:
             say(f"Serving for {linger:.0f} more seconds; press Ctrl-C to stop now.")
             await asyncio.sleep(linger)
+
+
+async def follow_all(base: str, jobs: dict[str, str]) -> None:
+    """One progress bar per job, fed by its event stream, until every job has finished."""
+    columns = (
+        TextColumn("     {task.fields[email]:<24}"), BarColumn(bar_width=24),
+        TextColumn("{task.fields[status]:<10} {task.description}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bars:
+        async with httpx.AsyncClient(base_url=base, timeout=None) as client:
+            await asyncio.wait_for(asyncio.gather(*(
+                follow(client, bars, email, job_id) for email, job_id in jobs.items()
+            )), timeout=40)
+
+
+async def follow(client: httpx.AsyncClient, bars: Progress, email: str, job_id: str) -> None:
+    """Move one bar with the job's status and progress events, replayed from its start."""
+    bar = bars.add_task("", total=1.0, email=email, status="queued")
+    async with client.stream("GET", f"/jobs/{job_id}/events") as stream:
+        async for line in stream.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            data = event["data"]
+            if event["type"] == "progress":
+                bars.update(bar, completed=data["fraction"], description=data["message"])
+                continue
+            status = data["status"]
+            note = ""
+            if data.get("error"):
+                note = f"{data['error']['type'].rsplit('.', 1)[-1]}: {data['error']['message']}"[:60]
+            elif status == "running":
+                note = f"attempt {data['attempt']}"
+            bars.update(bar, status=status, description=note,
+                        completed=1.0 if status == "succeeded" else None)
 
 
 async def watch(client: httpx.AsyncClient, jobs: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -35,10 +35,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from conveyor import Queue, Retry
+from conveyor import Context, Queue, Retry
 
 #: the app's own database (users); the jobs live in conveyor's store ($CONVEYOR_URL)
 USERS_DB = os.environ.get("USERS_DB", "./welcome-users.db")
+
+#: seconds spent rendering an email (the demo makes it visible)
+RENDER_SECONDS = float(os.environ.get("RENDER_SECONDS", "0.2"))
 
 queue = Queue()
 
@@ -92,6 +95,7 @@ def get_mailer() -> MailServer:
 
 @queue.task(retries=Retry(attempts=4, backoff=0.5, jitter=True), timeout=30)
 async def send_welcome(
+    ctx: Context,
     user_id: int,
     # the same dependencies as the endpoints; as defaults, so `send_welcome.enqueue(user_id)`
     # type-checks (with Annotated[..., Depends()] a type checker would ask for them)
@@ -103,7 +107,11 @@ async def send_welcome(
     if row is None:
         raise LookupError(f"user {user_id} does not exist")
     email, name = str(row[0]), str(row[1])
+    await ctx.progress(0.3, f"rendering the email to {email}")
+    await asyncio.sleep(RENDER_SECONDS)  # a template, an image or two: real work goes here
+    await ctx.progress(0.6, "handing it to the mail server")
     await mailer.send(email, f"Welcome, {name}!", f"Hi {name}, thanks for signing up.")
+    await ctx.progress(1.0, "sent")
     db.execute("UPDATE users SET welcomed_at = ? WHERE id = ?", (datetime.now(UTC).isoformat(), user_id))
     return email
 
