@@ -19,7 +19,7 @@ import pydantic
 from pydantic import ConfigDict, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from conveyor.errors import ArgumentError, NotSerializable, PayloadTooLarge
+from conveyor.errors import ArgumentError, ConfigError, NotSerializable, PayloadTooLarge
 from conveyor.model import ErrorInfo
 
 __all__ = ["TaskSignature", "check_json", "dump_json", "encoded_size", "error_info", "load_stored"]
@@ -119,6 +119,37 @@ def _is_dependency(obj: object) -> bool:
     return hasattr(obj, "dependency") and type(obj).__name__ in ("Depends", "Security")
 
 
+def _resolve_hints(fn: Callable[..., Any], sig: inspect.Signature, name: str) -> dict[str, Any]:
+    """The task's annotations as objects; one by one when some cannot be resolved.
+
+    A task defined inside a function may name local types that ``get_type_hints`` cannot see:
+    those parameters are left unvalidated (plain JSON) rather than failing the whole task. A
+    dependency must resolve, though, or it would silently become a payload argument.
+    """
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        pass
+    namespace = dict(getattr(fn, "__globals__", {}))
+    hints: dict[str, Any] = {}
+    for param in [*sig.parameters.values(), None]:
+        raw = sig.return_annotation if param is None else param.annotation
+        key = "return" if param is None else param.name
+        if not isinstance(raw, str):
+            hints[key] = raw
+            continue
+        try:
+            hints[key] = eval(raw, namespace)
+        except Exception:
+            if "Depends(" in raw or "Security(" in raw:
+                raise ConfigError(
+                    f"task {name!r}: the annotation of {key!r} ({raw}) cannot be resolved, so its "
+                    "dependency cannot be found; import the names it uses at module level"
+                ) from None
+            hints[key] = inspect.Parameter.empty
+    return hints
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """Type, message and traceback of an exception, for storage."""
     cls = type(exc)
@@ -136,12 +167,9 @@ class TaskSignature:
     def __init__(
         self, fn: Callable[..., Any], *, context_type: type, name: str | None = None
     ) -> None:
-        self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self.name: str = name or str(getattr(fn, "__qualname__", repr(fn)))
         sig = inspect.signature(fn)
-        try:
-            hints = typing.get_type_hints(fn, include_extras=True)
-        except Exception:  # an unresolvable forward reference: fall back to raw annotations
-            hints = {p.name: p.annotation for p in sig.parameters.values()}
+        hints = _resolve_hints(fn, sig, self.name)
         self.context_params: list[str] = []
         self.dependency_params: dict[str, Any] = {}
         payload: list[inspect.Parameter] = []

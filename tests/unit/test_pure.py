@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from conveyor import Queue, Retry, Settings
-from conveyor.errors import ConfigError, NotSerializable
+from conveyor import Context, Queue, Retry, Settings
+from conveyor.errors import ArgumentError, ConfigError, NotSerializable
 from conveyor.model import new_id
 from conveyor.serde import check_json
 
@@ -121,3 +121,21 @@ def test_unknown_backend_scheme_is_a_config_error_and_passwords_are_masked() -> 
         Queue("mongodb://localhost/x")
     queue = Queue("redis://user:s3cret@localhost:6379/0")
     assert "s3cret" not in repr(queue) and "s3cret" not in repr(queue.backend)
+
+
+def test_a_task_naming_local_types_still_registers_with_ctx_injected() -> None:
+    """Unresolvable annotations (local classes) leave those parameters unvalidated, not broken."""
+
+    class Local:  # not visible to typing.get_type_hints from module scope
+        pass
+
+    queue = Queue("memory://")
+
+    @queue.task
+    async def t(ctx: Context, a: int, b: Local | None = None) -> int:
+        return a
+
+    assert t.signature.context_params == ["ctx"]
+    assert list(t.signature.signature.parameters) == ["a", "b"]
+    with pytest.raises(ArgumentError):
+        t.prepare("not an int")
