@@ -80,7 +80,7 @@ bench-peers: $(BENCH_STAMP) ## conveyor vs ARQ, SAQ, Taskiq, streaq, Dramatiq, R
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
-	rm -f conveyor.db conveyor.db-wal conveyor.db-shm
+	rm -rf conveyor.db conveyor.db-wal conveyor.db-shm conveyor.db-wake
 
 distclean: clean ## clean, and remove .venv too
 	rm -rf $(VENV)
