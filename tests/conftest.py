@@ -15,12 +15,9 @@ when ``CI=true``: there a missing server fails the test instead of hiding it.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import socket
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -35,6 +32,7 @@ except ImportError:  # pragma: no cover - depends on how the venv was made
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from redis_server import RedisServer, redis_server_binary  # tests/ is on sys.path
+from waiting import wait_until
 
 if TYPE_CHECKING:
     from conveyor import Queue
@@ -147,31 +145,6 @@ async def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 def queue(make_queue: QueueFactory) -> Queue:
     """One fresh queue named "default" on the backend under test."""
     return make_queue()
-
-
-async def wait_until(
-    predicate: Callable[[], Any | Awaitable[Any]],
-    timeout: float = 5.0,
-    *,
-    interval: float = 0.01,
-    message: str = "",
-) -> Any:
-    """Poll ``predicate`` (sync or async) until it returns something truthy; return that value.
-
-    Fail with ``message`` when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"condition not met within {timeout}s: {message or predicate!r} (last: {value!r})"
-            )
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture(name="wait_until")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from waiting import wait_until  # tests/ is on sys.path
 
 from conveyor import Queue
 from conveyor.backends.base import JobFilter
@@ -34,16 +33,7 @@ async def until(
     interval: float = 0.02,
 ) -> Any:
     """Poll ``predicate`` (sync or async) until truthy and return it; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {message} (last: {value!r})")
-        await asyncio.sleep(interval)
+    return await wait_until(predicate, timeout, interval=interval, message=message)
 
 
 @dataclass(frozen=True, slots=True)
