@@ -36,12 +36,16 @@ class Settings:
     cancel_poll: float = 0.2
     #: an event loop stalled longer than this is reported, with the task that blocked it
     loop_lag_warning: float = 0.25
+    #: a job whose lease expires this many times (its worker crashed or hung each time) is dead
+    max_lost_leases: int | None = 5
     #: finished jobs older than this are deleted by workers (None keeps them forever)
     retention: float | None = 7 * 24 * 3600.0
     #: how often a worker deletes finished jobs past their retention
     purge_interval: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.max_lost_leases is not None and self.max_lost_leases < 1:
+            raise ConfigError("Settings.max_lost_leases must be at least 1, or None for no limit")
         if self.retention is not None and self.retention <= 0:
             raise ConfigError("Settings.retention must be positive seconds, or None to keep jobs")
         for name in ("lease", "grace", "recover_interval", "cancel_poll", "loop_lag_warning",

@@ -307,3 +307,32 @@ async def test_release_of_a_job_asked_to_cancel_ends_cancelled(queue: Queue, job
     after = await queue.backend.get(job_id)
     assert after is not None and after.status == "cancelled"
     assert await queue.backend.claim([queue.name], "w2", 10, 5.0) == []
+
+
+async def test_a_job_whose_lease_expires_max_lost_times_is_dead_not_requeued(
+    queue: Queue, job_id: str, wait_until: WaitUntil
+) -> None:
+    """A job that keeps losing its worker ends dead with WorkerLost after max_lost expiries."""
+
+    async def expire_once() -> list[str]:
+        await _claim(queue, "w", lease=0.2)
+
+        async def recovered() -> list[str]:
+            return await queue.backend.recover(2)
+
+        result: list[str] = await wait_until(recovered, timeout=5, message="lease recovered")
+        return result
+
+    assert await expire_once() == [job_id]
+    assert (await queue.backend.get(job_id)).status == "queued"  # type: ignore[union-attr]
+    assert await expire_once() == [job_id]
+    record = await queue.backend.get(job_id)
+    assert record is not None and record.status == "dead"
+    assert record.error is not None and record.error["type"] == "WorkerLost"
+    events = await queue.backend.events(job_id)
+    assert events[-1].data["status"] == "dead"
+    assert await queue.backend.claim([queue.name], "w", 10, 5.0) == []
+    # retried by hand, it starts over with a fresh count
+    await queue.backend.retry(job_id)
+    assert await expire_once() == [job_id]
+    assert (await queue.backend.get(job_id)).status == "queued"  # type: ignore[union-attr]

@@ -42,7 +42,20 @@ from typing import Any
 
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
 
-__all__ = ["Ack", "Backend", "JobFilter", "Lease", "RenewResult"]
+__all__ = ["Ack", "Backend", "JobFilter", "Lease", "RenewResult", "worker_lost"]
+
+
+def worker_lost(times: int) -> ErrorInfo:
+    """The error stored on a job given up after its lease expired ``times`` times."""
+    return {
+        "type": "WorkerLost",
+        "message": (
+            f"the job's lease expired {times} times: its worker died or stopped responding each "
+            "time it ran this job (a crash, an out-of-memory kill, or an event loop blocked past "
+            "the lease); it is dead so it cannot take down more workers. Retry it by hand once fixed."
+        ),
+        "traceback": "",
+    }
 
 
 @dataclass(slots=True, frozen=True)
@@ -170,8 +183,14 @@ class Backend(ABC):
         """Put a failed, dead or cancelled job back in its queue by hand (attempts start over)."""
 
     @abstractmethod
-    async def recover(self) -> list[str]:
-        """Put running jobs whose lease has expired back as queued; return their ids."""
+    async def recover(self, max_lost: int | None = None) -> list[str]:
+        """Put running jobs whose lease has expired back as queued; return their ids.
+
+        A job whose lease has now expired ``max_lost`` times (its worker died or hung each time:
+        a job that crashes its workers) ends ``dead`` with a ``WorkerLost`` error instead, so it
+        cannot take down worker after worker. None: no limit. A job asked to cancel ends
+        ``cancelled``.
+        """
 
     @abstractmethod
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
+from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
 from conveyor.model import (
     ErrorInfo,
     Event,
@@ -42,6 +42,7 @@ class MemoryBackend(Backend):
         self._lanes: dict[tuple[str, str], deque[str]] = {}
         self._unique: dict[tuple[str, str], str] = {}
         self._running: set[str] = set()
+        self._lost: dict[str, int] = {}  # how often each job's lease expired
         self._events: dict[str, list[Event]] = {}
         self._work = asyncio.Event()
         self._event_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -286,6 +287,7 @@ class MemoryBackend(Backend):
         self._next_seq += 1
         self._seq[job.id] = self._next_seq
         job.attempts = 0
+        self._lost.pop(job.id, None)
         job.finished_at = None
         job.started_at = None
         job.cancel_requested = False
@@ -296,14 +298,20 @@ class MemoryBackend(Backend):
         self._requeue(job, reason="retried")
         return replace(job)
 
-    async def recover(self) -> list[str]:
+    async def recover(self, max_lost: int | None = None) -> list[str]:
         now = utcnow()
         lost = [
             self._jobs[i] for i in self._running
             if (self._jobs[i].lease_expires_at or now) < now
         ]
         for job in lost:
-            self._requeue(job, reason="lease expired")
+            times = self._lost[job.id] = self._lost.get(job.id, 0) + 1
+            if max_lost is not None and times >= max_lost and not job.cancel_requested:
+                job.error = worker_lost(times)
+                self._finish(job, JobStatus.DEAD, now)
+                self._status_event(job, error=dict(job.error), reason="lease expired")
+            else:
+                self._requeue(job, reason="lease expired")
         return [job.id for job in lost]
 
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:

@@ -50,7 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
+from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
 from conveyor.errors import BackendError, ConfigError
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
 from conveyor.serde import dump_json, load_stored
@@ -497,8 +497,9 @@ class RedisBackend(Backend):
         reply = await self._run("retry", job_id)
         return None if reply is None else _record(reply)
 
-    async def recover(self) -> list[str]:
-        return list(await self._run("recover", _RECOVER_BATCH))
+    async def recover(self, max_lost: int | None = None) -> list[str]:
+        error = dump_json(worker_lost(max_lost or 0))
+        return list(await self._run("recover", _RECOVER_BATCH, max_lost or 0, error))
 
     async def purge(self, before: datetime) -> int:
         """Delete finished jobs that finished before ``before`` (besides the ``retention`` TTL)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult
+from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
 from conveyor.backends.doorbell import Doorbell
 from conveyor.errors import BackendError, ConfigError
 from conveyor.model import (
@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     lease_token TEXT,
     lease_expires_at REAL,
-    last_event INTEGER NOT NULL DEFAULT 0
+    last_event INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS conveyor_jobs_claim
     ON conveyor_jobs (queue, priority DESC, pos)
@@ -97,6 +98,7 @@ CREATE TABLE IF NOT EXISTS conveyor_meta (name TEXT PRIMARY KEY, value INTEGER N
 INSERT OR IGNORE INTO conveyor_meta VALUES ('pos', 0);
 """
 
+_ADDED_COLUMNS = {"lost": "INTEGER NOT NULL DEFAULT 0"}
 _ACTIVE_SQL = "('queued', 'scheduled', 'running')"
 # where a running job goes when its attempt is given up without a verdict (release, lease expiry)
 _BACK_OR_CANCELLED = (
@@ -212,6 +214,11 @@ class SQLiteBackend(Backend):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                # columns added after a database was first created
+                have = {row[1] for row in conn.execute("PRAGMA table_info(conveyor_jobs)")}
+                for column, ddl in _ADDED_COLUMNS.items():
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE conveyor_jobs ADD COLUMN {column} {ddl}")
 
         self._retry_locked(create)
         watch = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
@@ -650,7 +657,7 @@ class SQLiteBackend(Backend):
                     f"AND status IN {_ACTIVE_SQL})", (queue, key),
                 ).fetchone()[0]
                 conn.execute(
-                    "UPDATE conveyor_jobs SET status = 'queued', pos = ?, attempts = 0, "
+                    "UPDATE conveyor_jobs SET status = 'queued', pos = ?, attempts = 0, lost = 0, "
                     "blocked = ?, unique_key = ?, run_at = ?, scheduled_for = NULL, "
                     "started_at = NULL, finished_at = NULL, cancel_requested = 0, worker = NULL "
                     "WHERE id = ?",
@@ -664,18 +671,35 @@ class SQLiteBackend(Backend):
 
         return await self._write(work)
 
-    async def recover(self) -> list[str]:
+    async def recover(self, max_lost: int | None = None) -> list[str]:
+        error = worker_lost(max_lost or 0)
+        limit = max_lost if max_lost is not None else 1 << 62
+
         def work(conn: sqlite3.Connection, now: float) -> list[str]:
+            # given up: jobs whose workers died under them too often (not those asked to cancel)
+            dead = conn.execute(
+                "UPDATE conveyor_jobs SET status = 'dead', finished_at = ?, lost = lost + 1, "
+                "error = ?, lease_token = NULL, lease_expires_at = NULL, "
+                "last_event = last_event + 1 WHERE status = 'running' AND lease_expires_at < ? "
+                "AND cancel_requested = 0 AND lost + 1 >= ? "
+                "RETURNING id, last_event, status, attempts, queue, key",
+                (now, dump_json(error), now, limit),
+            ).fetchall()
+            self._append_status(
+                conn, now, [r[:4] for r in dead], error=error, reason="lease expired"
+            )
+            self._handoff(conn, {(r[4], r[5]) for r in dead if r[5] is not None})
             # a job someone asked to cancel is not put back: its cancel completes here
             rows = conn.execute(
                 f"UPDATE conveyor_jobs SET {_BACK_OR_CANCELLED}, lease_token = NULL, "
-                "lease_expires_at = NULL, worker = NULL, run_at = ?, scheduled_for = NULL "
-                "WHERE status = 'running' AND lease_expires_at < ? RETURNING id, status, queue, key",
+                "lease_expires_at = NULL, worker = NULL, run_at = ?, scheduled_for = NULL, "
+                "lost = lost + 1 WHERE status = 'running' AND lease_expires_at < ? "
+                "RETURNING id, status, queue, key",
                 (now, now, now),
             ).fetchall()
             self._status_events(conn, now, [r[0] for r in rows], reason="lease expired")
             self._handoff(conn, {(r[2], r[3]) for r in rows if r[1] == "cancelled" and r[3]})
-            return [r[0] for r in rows]
+            return [r[0] for r in dead] + [r[0] for r in rows]
 
         return await self._write(work)
 

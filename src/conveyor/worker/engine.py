@@ -297,7 +297,7 @@ class Worker:
                 except Exception:
                     log.warning("deleting old finished jobs failed", exc_info=True)
             try:
-                recovered = await backend.recover()
+                recovered = await backend.recover(settings.max_lost_leases)
                 if recovered:
                     self.counts["recovered"] += len(recovered)
                     log.warning("put back %d job(s) whose worker stopped renewing: %s",

@@ -13,7 +13,7 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   move(jk, q, status, 'queued')
   redis.call('HSET', jk, 'seq', seq, 'attempts', 0, 'cancel_requested', 0)
   redis.call('HDEL', jk, 'finished_at', 'started_at', 'lease_token', 'lease_expires_at',
-             'worker', 'scheduled_for')
+             'worker', 'scheduled_for', 'lost')
   redis.call('ZADD', qkey(q, 'all'), seq, id)
   if unique then redis.call('HSETNX', qkey(q, 'unique'), unique, id) end
   local head = true
