@@ -9,6 +9,7 @@ caller falls back to polling.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -19,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["Doorbell"]
+__all__ = ["ChangeFeed", "Doorbell"]
 
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, fewer elsewhere
 _counter = itertools.count()
@@ -115,3 +116,68 @@ class Doorbell:
         if self._sender is not None:
             self._sender.close()
             self._sender = None
+
+
+class ChangeFeed:
+    """Counts changes to the database and lets coroutines wait for the next one.
+
+    Changes are this process's own commits (``signal()``), rings from other processes, and, as a
+    backstop, what ``data_changed`` (a cheap poll) notices while anyone waits. Waiters pass the
+    ``count`` they last acted on, so a change between their look and their wait is never missed.
+    """
+
+    def __init__(
+        self, doorbell: Doorbell, data_changed: Callable[[], bool], poll_interval: float
+    ) -> None:
+        self.count = 0
+        self._doorbell = doorbell
+        self._data_changed = data_changed
+        self._poll_interval = poll_interval
+        self._next: asyncio.Future[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    def signal(self) -> None:
+        """Something changed: wake every waiter in this process."""
+        self.count += 1
+        fut, self._next = self._next, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self, seen: int, timeout: float) -> bool:
+        """Wait until a change after ``seen`` (a value of ``count``); False on timeout."""
+        loop = asyncio.get_running_loop()
+        if self._monitor is None:
+            rung = self._doorbell.listen(self.signal, loop.add_reader)
+            if self._data_changed():  # a commit since the monitor last looked
+                self.signal()
+            interval = 0.1 if rung else self._poll_interval
+            self._monitor = loop.create_task(self._watch(interval))
+        if self.count != seen:
+            return True
+        if self._next is None:
+            self._next = loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._next), timeout)
+        except TimeoutError:
+            return self.count != seen
+        return True
+
+    async def _watch(self, interval: float) -> None:
+        """Poll for other processes' commits while anyone waits (a backstop when rung)."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self._next is None:
+                    return  # nobody waits; the next waiter starts a new watch
+                if self._data_changed():
+                    self.signal()
+        finally:
+            self._monitor = None
+
+    def close(self, remove_reader: Callable[[int], object] | None = None) -> None:
+        """Stop watching and listening."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
+        self._doorbell.close(remove_reader)
+

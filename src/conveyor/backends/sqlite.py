@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
-from conveyor.backends.doorbell import Doorbell
+from conveyor.backends.doorbell import ChangeFeed, Doorbell
 from conveyor.errors import BackendError, ConfigError
 from conveyor.model import (
     ErrorInfo,
@@ -175,10 +175,8 @@ class SQLiteBackend(Backend):
         self._conn: sqlite3.Connection | None = None
         self._watch: sqlite3.Connection | None = None
         self._data_version = -1
-        self._doorbell = Doorbell(self.path)
-        self._changes = 0  # changes seen: our own commits, and rings/polls for other processes'
-        self._change: asyncio.Future[None] | None = None
-        self._monitor: asyncio.Task[None] | None = None
+        self._doorbell = Doorbell(self.path)  # rung from the db thread after each change
+        self._changes = ChangeFeed(self._doorbell, self._data_changed, self.poll_interval)
         self._claim_mark = 0
         self._open_lock = threading.Lock()
 
@@ -228,9 +226,6 @@ class SQLiteBackend(Backend):
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        if self._monitor is not None:
-            self._monitor.cancel()
-            self._monitor = None
         loop = asyncio.get_running_loop()
         conn, watch = self._conn, self._watch
         self._conn = self._watch = None
@@ -243,7 +238,7 @@ class SQLiteBackend(Backend):
 
         await loop.run_in_executor(executor, shut)
         executor.shutdown(wait=True)
-        self._doorbell.close(loop.remove_reader)
+        self._changes.close(loop.remove_reader)
 
     # -- plumbing --------------------------------------------------------------------------
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -295,7 +290,7 @@ class SQLiteBackend(Backend):
 
         out, changed = await self._run(work)
         if changed:
-            self._signal()
+            self._changes.signal()
         return out
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -424,7 +419,7 @@ class SQLiteBackend(Backend):
     ) -> list[JobRecord]:
         if limit <= 0 or not queues:
             return []
-        self._claim_mark = self._changes
+        self._claim_mark = self._changes.count
         marks = ",".join("?" * len(queues))
         # select and take in one statement; the lease token is drawn by SQLite itself
         take = (
@@ -806,13 +801,6 @@ class SQLiteBackend(Backend):
         return await self._read(work)
 
     # -- waiting ---------------------------------------------------------------------------
-    def _signal(self) -> None:
-        """Something changed: wake every waiter in this process."""
-        self._changes += 1
-        fut, self._change = self._change, None
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
     def _data_changed(self) -> bool:
         """True when some connection committed since the last look (cheap: shared memory)."""
         if self._watch is None:
@@ -824,37 +812,6 @@ class SQLiteBackend(Backend):
         changed = version != self._data_version
         self._data_version = version
         return changed
-
-    async def _watch_changes(self, interval: float) -> None:
-        """Poll for other processes' commits while anyone waits (a backstop when rung)."""
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                if self._change is None:
-                    return  # nobody waits; the next waiter starts a new watch
-                if self._data_changed():
-                    self._signal()
-        finally:
-            self._monitor = None
-
-    async def _next_change(self, seen: int, timeout: float) -> bool:
-        """Wait until a change after ``seen`` (a value of ``_changes``); False on timeout."""
-        loop = asyncio.get_running_loop()
-        if self._monitor is None:
-            rung = self._doorbell.listen(self._signal, loop.add_reader)
-            if self._data_changed():  # a commit since the monitor last looked
-                self._signal()
-            interval = 0.1 if rung else self.poll_interval
-            self._monitor = loop.create_task(self._watch_changes(interval))
-        if self._changes != seen:
-            return True
-        if self._change is None:
-            self._change = loop.create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._change), timeout)
-        except TimeoutError:
-            return self._changes != seen
-        return True
 
     async def _next_due(self, queues: Sequence[str]) -> float | None:
         marks = ",".join("?" * len(queues))
@@ -871,28 +828,28 @@ class SQLiteBackend(Backend):
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         seen = self._claim_mark
-        if self._changes != seen:
+        if self._changes.count != seen:
             return  # something changed while the last claim ran: look again
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         due = await self._next_due(queues)
         if due is not None:
             deadline = min(deadline, loop.time() + max(0.0, due - time.time()))
-        await self._next_change(seen, max(0.0, deadline - loop.time()))
+        await self._changes.wait(seen, max(0.0, deadline - loop.time()))
 
     async def wait_for_events(self, job_id: str, after: int, timeout: float) -> list[Event]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            seen = self._changes
+            seen = self._changes.count
             found = await self.events(job_id, after)
             left = deadline - loop.time()
             if found or left <= 0:
                 return found
-            if not await self._next_change(seen, left):
+            if not await self._changes.wait(seen, left):
                 return []
             # under load changes come thousands a second: look at most every few milliseconds
             await asyncio.sleep(0.005)
 
     def notify_local(self, queues: Sequence[str]) -> None:
-        self._signal()
+        self._changes.signal()
