@@ -64,7 +64,6 @@ class Job(Generic[R]):
         record = await (await self.queue._backend()).retry(self.id)
         if record is None:
             raise JobNotFound(self.id)
-        self.queue._backend_notify(record.queue)
         return record.status
 
     async def events(self, after: int = 0) -> AsyncIterator[Event]:
@@ -108,17 +107,13 @@ class Job(Generic[R]):
             record = await self.info()
             if record.status.terminal:
                 return self._outcome(record)
-            existing = await backend.events(self.id, after)
-            if existing:
-                after = existing[-1].seq
-                if any(e.terminal for e in existing):
-                    continue
             left = 5.0 if deadline is None else deadline - loop.time()
             if left <= 0:
                 raise JobTimeout(
                     f"job {self.id} is still {record.status.value} after {timeout} s",
                     job_id=self.id,
                 )
+            # returns at once with any events after `after`, else on the next one or the timeout
             batch = await backend.wait_for_events(self.id, after, timeout=min(left, 5.0))
             if batch:
                 after = batch[-1].seq

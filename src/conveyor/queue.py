@@ -150,9 +150,6 @@ class Queue:
             await self.open()
         return self.backend
 
-    def _backend_notify(self, queue: str) -> None:
-        self.backend.notify_local([queue])
-
     # -- jobs ------------------------------------------------------------------------------
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``, or :class:`UnknownTask` naming close matches."""
@@ -179,7 +176,6 @@ class Queue:
             return []
         backend = await self._backend()
         stored = await backend.enqueue([p.record for p in prepared])
-        backend.notify_local(sorted({p.record.queue for p in prepared}))
         return [Job(self, rec.id, p.task) for rec, p in zip(stored, prepared, strict=True)]
 
     async def list_jobs(

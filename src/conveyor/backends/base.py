@@ -97,8 +97,6 @@ class JobFilter:
 class Backend(ABC):
     """A storage engine for jobs. One instance per :class:`conveyor.Queue`; async-safe."""
 
-    #: True when ``wait_for_jobs`` is woken by the engine itself (no polling between processes)
-    push: bool = False
     #: how often the polling defaults below look again, in seconds
     poll_interval: float = 0.05
 
@@ -262,5 +260,3 @@ class Backend(ABC):
         """
         return None
 
-    def notify_local(self, queues: Sequence[str]) -> None:  # noqa: B027 - optional hook
-        """Wake waiters in this process after an enqueue (engines without push use it)."""

@@ -28,7 +28,6 @@ _WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 class MemoryBackend(Backend):
     """Everything in dicts and heaps; every verb runs to completion without awaiting, so atomically."""
 
-    push = True
 
     def __init__(self, url: str = "memory://") -> None:
         super().__init__(url)
@@ -385,6 +384,3 @@ class MemoryBackend(Backend):
         except TimeoutError:
             return []
         return await self.events(job_id, after)
-
-    def notify_local(self, queues: Sequence[str]) -> None:
-        self._work.set()

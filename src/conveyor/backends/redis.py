@@ -124,7 +124,6 @@ class RedisBackend(Backend):
     See the module docstring for the URL options and ``lua/lib.lua`` for the key layout.
     """
 
-    push = True
     #: while the pub/sub connection is down, how often idle workers look for work, in seconds
     fallback_poll = 0.5
 
@@ -324,6 +323,8 @@ class RedisBackend(Backend):
             for job in jobs
         ])
         replies = await self._run("enqueue", batch)
+        # a worker in this process need not wait for the published wake-up to come back
+        self._wake.set()
         out: list[JobRecord] = []
         for job, reply in zip(jobs, replies, strict=True):
             if isinstance(reply, list):
@@ -495,6 +496,7 @@ class RedisBackend(Backend):
 
     async def retry(self, job_id: str) -> JobRecord | None:
         reply = await self._run("retry", job_id)
+        self._wake.set()
         return None if reply is None else _record(reply)
 
     async def recover(self, max_lost: int | None = None) -> list[str]:
@@ -625,11 +627,6 @@ class RedisBackend(Backend):
         self._cancel_watchers.add(callback)
         await listener.ready([f"{self.prefix}:cancel"])
         return lambda: self._cancel_watchers.discard(callback)
-
-    def notify_local(self, queues: Sequence[str]) -> None:
-        # a worker in this process need not wait for the published wake-up to come back
-        self._wake.set()
-
 
 class _Latch:
     """A flag that stays set until a waiter takes it; waking costs one loop step.

@@ -800,6 +800,3 @@ class SQLiteBackend(Backend):
                 return []
             # under load changes come thousands a second: look at most every few milliseconds
             await asyncio.sleep(0.005)
-
-    def notify_local(self, queues: Sequence[str]) -> None:
-        self._changes.signal()

@@ -12,18 +12,17 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor.backends.base import Ack, Lease
 from conveyor.context import Context
 from conveyor.errors import ArgumentError, ConfigError, NotSerializable, UnknownTask
-from conveyor.model import ErrorInfo, JobRecord, utcnow
+from conveyor.model import JobRecord, utcnow
 from conveyor.retry import Retry
 from conveyor.serde import error_info
 from conveyor.worker.procpool import ProcessPool, RemoteError
@@ -51,7 +50,6 @@ class Attempt:
     task: asyncio.Task[None] | None = None
     reason: StopReason | None = None
     timer: asyncio.TimerHandle | None = None
-    started: float = field(default_factory=time.monotonic)
 
 
 class Runner:
@@ -161,10 +159,7 @@ class Runner:
                 f"(known: {sorted(self.queue.tasks)})"
             )
         if task.cpu:
-            try:
-                return await self._procs.run(task, record, run.ctx._report)
-            except RemoteError as exc:
-                raise _Remote(exc.info) from None
+            return await self._procs.run(task, record, run.ctx._report)
         values = task.signature.decode_values(record.args, record.kwargs)
         injected: dict[str, Any] = dict.fromkeys(task.signature.context_params, run.ctx)
         async with contextlib.AsyncExitStack() as stack:
@@ -184,7 +179,7 @@ class Runner:
 
     async def _failed(self, run: Attempt, task: Task[Any, Any] | None, exc: BaseException) -> None:
         record = run.record
-        error = exc.info if isinstance(exc, _Remote) else error_info(exc)
+        error = exc.info if isinstance(exc, RemoteError) else error_info(exc)
         policy = self._policy(record, task)
         attempts_left = record.attempts < record.max_attempts and not isinstance(exc, _PERMANENT)
         backend = self.queue.backend
@@ -258,13 +253,3 @@ class Runner:
             return out is not None and out is not False
         return False
 
-
-class _Remote(Exception):
-    """A failure reported by a cpu=True child, carrying its stored form."""
-
-    def __init__(self, info: dict[str, str]) -> None:
-        super().__init__(info.get("message", ""))
-        self.info: ErrorInfo = {
-            "type": info.get("type", "Exception"), "message": info.get("message", ""),
-            "traceback": info.get("traceback", ""),
-        }

@@ -63,7 +63,6 @@ class Worker:
         )
         self._running = self._runner.running
         self._stopping = asyncio.Event()
-        self._stopped = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._watchdog = LoopWatchdog(
             queue.settings.loop_lag_warning, self._task_codes, self._current_job
@@ -156,7 +155,6 @@ class Worker:
             self._unwatch()
         self._watchdog.stop()
         self._runner.close()
-        self._stopped.set()
         log.info("worker %s stopped (%s)", self.id, dict(self.counts))
 
     # -- the claim loop --------------------------------------------------------------------

@@ -22,16 +22,20 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from conveyor.errors import ConfigError
+from conveyor.model import ErrorInfo
 
 __all__ = ["ProcessPool", "RemoteError"]
 
 
 class RemoteError(Exception):
-    """A task raised in a child process; ``info`` has its type, message and traceback."""
+    """A task raised in a child process; ``info`` is its stored form (type, message, traceback)."""
 
     def __init__(self, info: dict[str, str]) -> None:
         super().__init__(info.get("message", ""))
-        self.info = info
+        self.info: ErrorInfo = {
+            "type": info.get("type", "Exception"), "message": info.get("message", ""),
+            "traceback": info.get("traceback", ""),
+        }
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
