@@ -68,30 +68,45 @@ class Job(Generic[R]):
 
     async def events(self, after: int = 0) -> AsyncIterator[Event]:
         """Every event after ``after`` (past ones first), live, until the job is finished."""
+        async for event in self.follow(after, idle=1.0):
+            if event is not None:
+                yield event
+
+    async def follow(self, after: int = 0, *, idle: float = 1.0) -> AsyncIterator[Event | None]:
+        """Like ``events()``, and ``None`` after every ``idle`` seconds without an event.
+
+        The ``None`` lets a stream send keep-alives (the SSE endpoint uses it).
+        """
         backend = await self.queue._backend()
-        record = await backend.get(self.id)
-        if record is None:
+        if await backend.get(self.id) is None:
             raise JobNotFound(self.id)
         while True:
-            batch = await backend.wait_for_events(self.id, after, timeout=1.0)
-            for i, event in enumerate(batch):
+            batch = await backend.wait_for_events(self.id, after, timeout=idle)
+            for event in batch:
                 after = event.seq
                 yield event
-                # a job retried by hand has an old verdict in its history: go past it
-                if event.terminal and i == len(batch) - 1:
-                    record = await backend.get(self.id)
-                    if record is None or (
-                        record.status.terminal and not await backend.events(self.id, after)
-                    ):
-                        return
-            if not batch:
-                record = await backend.get(self.id)
-                if record is not None and record.status.terminal:
-                    # finished without our seeing the event (pruned history): stop here
-                    tail = await backend.events(self.id, after)
-                    for event in tail:
-                        yield event
+            if batch:
+                # a terminal event ends it only if it is the job's last word: a job retried by
+                # hand has an old verdict in its history, and lives on after it
+                if batch[-1].terminal and await self.finished(after):
                     return
+                continue
+            record = await backend.get(self.id)
+            if record is None or record.status.terminal:
+                # finished (or deleted) with no terminal event left in the history (pruned):
+                # give what is there and stop, rather than wait for an event that will not come
+                for event in await backend.events(self.id, after):
+                    yield event
+                return
+            yield None
+
+    async def finished(self, after: int = 0) -> bool:
+        """True when the job is over (or gone) and nothing happened to it after event ``after``."""
+        backend = await self.queue._backend()
+        record = await backend.get(self.id)
+        return record is None or (
+            record.status.terminal and not await backend.events(self.id, after)
+        )
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its result.

@@ -376,3 +376,18 @@ async def test_events_of_a_job_retried_by_hand_go_past_its_old_verdict(queue: Qu
     statuses = [e.data["status"] async for e in job.events() if e.type == "status"]
     assert statuses[-1] == "succeeded"
     assert "failed" in statuses
+
+
+async def test_waiting_for_events_that_never_come_leaves_nothing_behind(queue: Queue) -> None:
+    """Timed-out event waits on a job that stays quiet do not pile up in the backend."""
+
+    @queue.task(name="quiet")
+    async def quiet() -> None: ...
+
+    job = await quiet.options(delay=3600).enqueue()
+    seen = await queue.backend.events(job.id)
+    for _ in range(50):
+        assert await queue.backend.wait_for_events(job.id, seen[-1].seq, timeout=0.001) == []
+    waiters = getattr(queue.backend, "_event_waiters", None)
+    if waiters is not None:  # the memory backend keeps one future per waiting call
+        assert waiters.get(job.id) in (None, [])

@@ -378,9 +378,16 @@ class MemoryBackend(Backend):
         if found or timeout <= 0:
             return found
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._event_waiters.setdefault(job_id, []).append(fut)
+        waiters = self._event_waiters.setdefault(job_id, [])
+        waiters.append(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return []
+        finally:
+            # a waiter that timed out must not stay behind until the job's next event
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters and self._event_waiters.get(job_id) is waiters:
+                del self._event_waiters[job_id]
         return await self.events(job_id, after)

@@ -79,13 +79,14 @@ class QueueLifespan:
                         await self.worker.start()
                     yield state
                 finally:
-                    if self.worker is not None:
-                        log.info("app shutting down: draining worker %s", self.worker.id)
-                        try:
+                    try:
+                        if self.worker is not None:
+                            log.info("app shutting down: draining worker %s", self.worker.id)
                             await self.worker.stop()
-                        finally:
-                            self.worker = None
-                    await queue.close()
+                    finally:
+                        # even when the drain fails or is cancelled (a second Ctrl-C)
+                        self.worker = None
+                        await queue.close()
             finally:
                 if bound:
                     queue.app = None

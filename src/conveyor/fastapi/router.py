@@ -152,10 +152,10 @@ def job_router(
         """
         record = await find(job_id)
         start = last_event_id if last_event_id is not None else (after or 0)
-        backend = await queue._backend()
-        if record.status.terminal and not await backend.events(record.id, start):
+        job = queue.job(record.id)
+        if record.status.terminal and await job.finished(start):
             return Response(status_code=http.HTTP_204_NO_CONTENT)
-        return EventStreamResponse(job_stream(backend, record.id, start, heartbeat))
+        return EventStreamResponse(job_stream(job, start, heartbeat))
 
     @router.post(
         "/{job_id}/cancel", name="conveyor_cancel_job", summary="Cancel a job",

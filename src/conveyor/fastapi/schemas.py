@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from conveyor.model import Event, JobRecord, JobStatus
+from conveyor.model import JobRecord, JobStatus
 
 __all__ = ["ErrorOut", "JobEventOut", "JobOut", "JobPage", "ProblemOut", "ProgressOut", "StatsOut"]
 
@@ -88,11 +88,6 @@ class JobEventOut(BaseModel):
     data: dict[str, Any] = Field(
         description='status: {"status", "attempt", ...}; progress: {"fraction", "message"}'
     )
-
-    @classmethod
-    def of(cls, event: Event) -> JobEventOut:
-        """The model of a stored event."""
-        return cls.model_validate(event.to_dict())
 
 
 class ProblemOut(BaseModel):

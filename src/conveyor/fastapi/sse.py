@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from conveyor.backends.base import Backend
+from conveyor.job import Job
 from conveyor.model import Event
 
 __all__ = ["EventStreamResponse", "encode", "job_stream"]
@@ -35,6 +36,7 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
+    # FastAPI's OpenAPI generator reads this parameter's default for the documented status code
     def __init__(self, content: AsyncIterator[bytes], status_code: int = 200) -> None:
         super().__init__(
             content, status_code=status_code,
@@ -49,33 +51,8 @@ def encode(event: Event) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
 
 
-async def job_stream(
-    backend: Backend, job_id: str, after: int, heartbeat: float
-) -> AsyncIterator[bytes]:
+async def job_stream(job: Job[Any], after: int, heartbeat: float) -> AsyncIterator[bytes]:
     """The encoded events of a job with ``seq > after``, live, until its terminal event."""
     yield f"retry: {RECONNECT_MS}\n\n".encode()
-    while True:
-        batch = await backend.wait_for_events(job_id, after, timeout=heartbeat)
-        for event in batch:
-            after = event.seq
-            yield encode(event)
-        if batch:
-            # a terminal event ends the stream only if it is the job's last word: a job retried
-            # by hand has earlier terminal events in its history, and lives on after them
-            if batch[-1].terminal and await _finished(backend, job_id, after):
-                return
-            continue
-        record = await backend.get(job_id)
-        if record is None or record.status.terminal:
-            # finished (or deleted) with no terminal event left in the history: send what is
-            # there and stop, so the client is not left waiting for an event that will not come
-            for event in await backend.events(job_id, after):
-                yield encode(event)
-            return
-        yield KEEPALIVE
-
-
-async def _finished(backend: Backend, job_id: str, after: int) -> bool:
-    """True when the job is over and nothing happened to it after event ``after``."""
-    record = await backend.get(job_id)
-    return record is None or (record.status.terminal and not await backend.events(job_id, after))
+    async for event in job.follow(after, idle=heartbeat):
+        yield KEEPALIVE if event is None else encode(event)
