@@ -336,3 +336,16 @@ async def test_a_job_whose_lease_expires_max_lost_times_is_dead_not_requeued(
     await queue.backend.retry(job_id)
     assert await expire_once() == [job_id]
     assert (await queue.backend.get(job_id)).status == "queued"  # type: ignore[union-attr]
+
+
+async def test_a_cancel_requested_during_a_failing_attempt_is_not_retried(
+    queue: Queue, job_id: str
+) -> None:
+    """A failed attempt of a job asked to cancel ends cancelled instead of waiting for a retry."""
+    rec = await _claim(queue, "w1", lease=5.0)
+    await queue.backend.cancel(job_id)
+    retry_at = datetime.now(UTC) + timedelta(seconds=0.01)
+    assert await queue.backend.fail(Lease(job_id, _token(rec)), ERROR, retry_at=retry_at) is True
+    after = await queue.backend.get(job_id)
+    assert after is not None and after.status == "cancelled"
+    assert await queue.backend.claim([queue.name], "w2", 10, 5.0) == []

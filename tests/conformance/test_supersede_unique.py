@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conveyor import Queue, Retry
-from conveyor.errors import JobCancelled
+from conveyor.errors import JobCancelled, JobFailed
 
 from .helpers import RESULT_TIMEOUT, Gate, stored_jobs, total_jobs
 
@@ -176,3 +176,25 @@ async def test_unique_is_free_again_once_the_job_was_cancelled(queue: Queue) -> 
     second = await ping.options(unique="ping").enqueue()
     assert second.id != first.id
     assert await second.status() == "queued"
+
+
+async def test_a_job_retried_by_hand_gives_up_a_unique_value_held_by_an_active_job(
+    queue: Queue,
+) -> None:
+    """Retrying an old job whose unique value an active job holds keeps the active one's claim."""
+
+    @queue.task(name="uniq_fail")
+    async def uniq_fail() -> None:
+        raise RuntimeError("no")
+
+    first = await uniq_fail.options(unique="u").enqueue()
+    async with queue.worker(concurrency=1):
+        with pytest.raises(JobFailed):
+            await first.result(timeout=10)
+    second = await uniq_fail.options(unique="u", delay=3600).enqueue()
+    assert second.id != first.id
+    await first.retry()
+    record = await first.info()
+    assert record.status == "queued" and record.unique is None
+    again = await uniq_fail.options(unique="u").enqueue()
+    assert again.id == second.id

@@ -216,8 +216,12 @@ class MemoryBackend(Backend):
             return False
         now = utcnow()
         job.error = error
-        if retry_at is None:
-            self._finish(job, JobStatus.DEAD if dead else JobStatus.FAILED, now)
+        if retry_at is None or job.cancel_requested:
+            # a job asked to cancel while its attempt failed is not tried again
+            final = JobStatus.CANCELLED if retry_at is not None else (
+                JobStatus.DEAD if dead else JobStatus.FAILED
+            )
+            self._finish(job, final, now)
             self._status_event(job, error=dict(error))
             return True
         self._running.discard(job.id)
@@ -290,8 +294,8 @@ class MemoryBackend(Backend):
         job.finished_at = None
         job.started_at = None
         job.cancel_requested = False
-        if job.unique is not None:
-            self._unique.setdefault((job.queue, job.unique), job.id)
+        if job.unique is not None and self._unique.setdefault((job.queue, job.unique), job.id) != job.id:
+            job.unique = None  # an active job holds the value now: this one gives it up
         if job.key is not None:
             self._lanes.setdefault((job.queue, job.key), deque()).append(job.id)
         self._requeue(job, reason="retried")

@@ -37,6 +37,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -52,7 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
 from conveyor.errors import BackendError, ConfigError
-from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
+from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus, from_timestamp
 from conveyor.serde import dump_json, load_stored
 
 __all__ = ["RedisBackend"]
@@ -87,7 +88,7 @@ def _ts(d: datetime | None) -> str:
 
 
 def _dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromtimestamp(float(text), UTC)
+    return None if text is None else from_timestamp(float(text))
 
 
 
@@ -330,12 +331,7 @@ class RedisBackend(Backend):
             if isinstance(reply, list):
                 out.append(_record(reply))
                 continue
-            out.append(JobRecord(
-                id=job.id, task=job.task, queue=job.queue, status=JobStatus(reply),
-                args=job.args, kwargs=job.kwargs, priority=job.priority, key=job.key,
-                unique=job.unique, max_attempts=job.max_attempts, timeout=job.timeout,
-                enqueued_at=job.enqueued_at, scheduled_for=job.scheduled_for, retry=job.retry,
-            ))
+            out.append(replace(job, status=JobStatus(reply), supersede=False))
         return out
 
     async def claim(
@@ -365,15 +361,17 @@ class RedisBackend(Backend):
         else:
             self._next_due.pop(tuple(queues), None)
         out: list[JobRecord] = []
-        for values in reply[1]:  # handed to us since the last claim: keep any we never got
-            record = _record(values)
-            if self._first_copy(record):
-                out.append(record)
-        for values in reply[2:]:
+        # reply[1]: handed to us since the last claim (keep any we never got); then the claimed
+        for handed_out, values in [(True, v) for v in reply[1]] + [(False, v) for v in reply[2:]]:
             try:
-                out.append(_record(values))
+                record = _record(values)
             except (ValueError, TypeError, IndexError) as exc:
-                await self._quarantine(str(values[0]), str(values[22]), exc)
+                # its lease is ours: failing it here keeps it from waiting out the lease
+                with contextlib.suppress(BackendError):
+                    await self._quarantine(str(values[0]), str(values[22]), exc)
+                continue
+            if not handed_out or self._first_copy(record):
+                out.append(record)
         if len(out) > limit:  # recovered hand-outs beyond the free slots wait for the next claim
             self._handed.setdefault(worker, []).extend(out[limit:])
             out = out[:limit]

@@ -508,14 +508,18 @@ class SQLiteBackend(Backend):
             else:
                 at = retry_at.timestamp()
                 status = JobStatus.SCHEDULED if at > now else JobStatus.QUEUED
+                # a job asked to cancel while its attempt failed is not tried again
                 hit = self._settle(
-                    conn, now, lease, "status = ?, scheduled_for = ?, run_at = ?, error = ?",
-                    (status.value, at, max(at, now), err),
+                    conn, now, lease,
+                    "status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE ? END, "
+                    "finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, "
+                    "scheduled_for = ?, run_at = ?, error = ?",
+                    (status.value, now, at, max(at, now), err),
                 )
             if hit is None:
                 return False
             self._append_status(conn, now, [hit.event], error=error)
-            if retry_at is None and hit.key is not None:
+            if JobStatus(hit.status).terminal and hit.key is not None:
                 self._handoff(conn, {(hit.queue, hit.key)})
             return True
 

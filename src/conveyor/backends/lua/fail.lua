@@ -9,6 +9,10 @@ if not f then return 0 end
 local q = f[3]
 if retry_at == '' then
   finish(id, jk, q, 'running', ARGV[7], f[4], f[5], f[6], ',"error":' .. err, now, {'error', err})
+elseif redis.call('HGET', jk, 'cancel_requested') == '1' then
+  -- a job asked to cancel while its attempt failed is not tried again
+  finish(id, jk, q, 'running', 'cancelled', f[4], f[5], f[6], ',"error":' .. err, now,
+         {'error', err})
 else
   redis.call('HSET', jk, 'error', err)
   -- the job keeps its lane (it is still the head) and waits for its next attempt

@@ -15,7 +15,10 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   redis.call('HDEL', jk, 'finished_at', 'started_at', 'lease_token', 'lease_expires_at',
              'worker', 'scheduled_for', 'lost')
   redis.call('ZADD', qkey(q, 'all'), seq, id)
-  if unique then redis.call('HSETNX', qkey(q, 'unique'), unique, id) end
+  -- an active job holds the unique value now: this one gives it up (as SQLite does)
+  if unique and redis.call('HSETNX', qkey(q, 'unique'), unique, id) == 0 then
+    redis.call('HDEL', jk, 'unique')
+  end
   local head = true
   if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
   status_event(id, jk, 'queued', 0, ',"reason":"retried"', now)
