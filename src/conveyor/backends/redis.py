@@ -164,6 +164,7 @@ class RedisBackend(Backend):
         self._handed: dict[str, list[JobRecord]] = {}
         self._hand_queues: dict[str, tuple[str, ...]] = {}
         self._retired: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         # tokens of handed jobs already taken in, oldest first (a bounded ordered set)
         self._hand_tokens: dict[str, None] = {}
         self._just_handed = False
@@ -418,7 +419,9 @@ class RedisBackend(Backend):
             return  # a claim brought it already
         if worker in self._retired:  # it stopped claiming while the job was on its way
             lease = Lease(record.id, record.lease_token)
-            asyncio.get_running_loop().create_task(self._release_quietly([lease]))
+            task = asyncio.get_running_loop().create_task(self._release_quietly([lease]))
+            self._background.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._background.discard)
             return
         self._handed.setdefault(worker, []).append(record)
         self._wake.set()
@@ -609,7 +612,9 @@ class RedisBackend(Backend):
                 left = deadline - loop.time()
                 if left <= 0:
                     return []
-                wait = left if listener.healthy else min(left, self.fallback_poll)
+                # push only counts once the server confirmed the subscription; until then, poll
+                pushed = listener.healthy and listener.active(channel)
+                wait = left if pushed else min(left, self.fallback_poll)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(arrived.wait(), wait)
                 arrived.clear()
@@ -688,6 +693,8 @@ class _Listener:
         self._confirmed = asyncio.Event()
         self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        # the loop keeps only weak references to tasks: an unreferenced SUBSCRIBE could vanish
+        self._sending: set[asyncio.Task[None]] = set()
         self.healthy = False
 
     def subscribe(self, channel: str, handler: Handler) -> None:
@@ -747,7 +754,9 @@ class _Listener:
                 # check_health=False: a health check would read, and only _run may read
                 await conn.send_command(*args, check_health=False)
 
-        asyncio.get_running_loop().create_task(send())
+        task = asyncio.get_running_loop().create_task(send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     def _sync(self) -> None:
         missing = [ch for ch in self._handlers if ch not in self._sent]
