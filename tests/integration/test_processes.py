@@ -24,7 +24,8 @@ async def test_two_processes_run_each_job_once_and_keep_lanes_in_order(
     app_queue: Queue, workers: Workers, task_log: Path
 ) -> None:
     """500 jobs over two processes each run exactly once; each key's jobs run one at a time, in order."""
-    proc = workers.start("--processes", "2", "--concurrency", "10")
+    # nothing is killed here: a long lease keeps a busy machine from expiring one (at-least-once)
+    proc = workers.start("--processes", "2", "--concurrency", "10", env={"ITEST_LEASE": "30"})
     await until(lambda: proc.output().count(" started on ") == 2, 20, "both worker processes up")
     tick, step = app_queue.tasks["tick"], app_queue.tasks["step"]
     ids: set[str] = set()
