@@ -167,14 +167,15 @@ def job_router(
         A running job shows ``cancel_requested`` until its worker has stopped it.
         Cancelling a cancelled job changes nothing; a finished job is a 409.
         """
-        record = await find(job_id)
+        # the backend decides atomically and returns the record as it left it: no check-then-act
+        record = await (await queue._backend()).cancel(job_id.lower())
+        if record is None:
+            raise HTTPException(http.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
         if record.status not in _CANCELLABLE:
             raise HTTPException(
                 http.HTTP_409_CONFLICT, f"job {record.id} already {record.status.value}: nothing to cancel"
             )
-        job = queue.job(record.id)
-        await job.cancel()
-        return JobOut.of(await job.info())
+        return JobOut.of(record)
 
     @router.post(
         "/{job_id}/retry", name="conveyor_retry_job", summary="Retry a failed job",
@@ -189,9 +190,10 @@ def job_router(
                 f"job {record.id} is {record.status.value}: only failed, dead or cancelled jobs "
                 "can be retried",
             )
-        job = queue.job(record.id)
-        await job.retry()
-        return JobOut.of(await job.info())
+        retried = await (await queue._backend()).retry(record.id)
+        if retried is None:  # deleted in between
+            raise HTTPException(http.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+        return JobOut.of(retried)
 
     return router
 
