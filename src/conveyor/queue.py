@@ -15,8 +15,8 @@ from conveyor.errors import ConfigError, OptionError, UnknownTask
 from conveyor.job import Job
 from conveyor.model import JobRecord, JobStatus
 from conveyor.retry import Retry, seconds
-from conveyor.settings import Settings, url_from_env
 from conveyor.serde import check_name
+from conveyor.settings import Settings, url_from_env
 from conveyor.task import Prepared, Task, check_optional, check_priority
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class Queue:
                 raise OptionError(f"{flag}= must be a bool, got {type(value).__name__} {value!r}")
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = check_name(name or getattr(f, "__qualname__", None), "task")
+            task_name = check_name(name if name is not None else getattr(f, "__qualname__", None), "task")
             if task_name in self.tasks:
                 raise ConfigError(
                     f"a task named {task_name!r} is already registered on queue {self.name!r}; "

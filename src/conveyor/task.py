@@ -73,7 +73,12 @@ class Prepared(Generic[R]):
 
 
 def _key_fields(template: str) -> list[str]:
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise OptionError(
+            f"key {template!r} is not a valid template ({exc}): write a literal brace as {{{{ or }}}}"
+        ) from None
 
 
 class Task(Generic[P, R]):
