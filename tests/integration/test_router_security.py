@@ -129,3 +129,28 @@ async def test_list_offset_is_bounded(queue: Queue) -> None:
         assert (await client.get("/jobs", params={"offset": 10_000})).status_code == 200
         assert (await client.get("/jobs", params={"offset": 10_001})).status_code == 422
         assert (await client.get("/jobs", params={"limit": 501})).status_code == 422
+
+
+async def test_a_message_with_a_lone_surrogate_is_still_served(queue: Queue) -> None:
+    """A task's error or progress text that is not valid Unicode is served (U+FFFD), never a 500."""
+    from conveyor.backends.base import Lease
+
+    @queue.task
+    async def noop() -> None: ...
+
+    job = await noop.enqueue()
+    await queue.open()
+    (claimed,) = await queue.backend.claim([queue.name], "w", 1, 30.0)
+    lease = Lease(claimed.id, claimed.lease_token or "")
+    assert await queue.backend.progress(lease, 0.5, "file \udcff.txt")
+    error = {"type": "FileNotFoundError", "message": "no \udcff.txt", "traceback": "tb \ud800"}
+    assert await queue.backend.fail(lease, error, retry_at=None)  # type: ignore[arg-type]
+    async with client_for(make_app(queue)) as client:
+        one = await client.get(f"/jobs/{job.id}")
+        assert one.status_code == 200
+        assert one.json()["error"]["message"] == "no \ufffd.txt"
+        assert one.json()["progress"]["message"] == "file \ufffd.txt"
+        assert (await client.get("/jobs")).status_code == 200
+        async with client.stream("GET", f"/jobs/{job.id}/events") as stream:
+            body = (await stream.aread()).decode()
+        assert "\\udcff" in body and "failed" in body
