@@ -165,6 +165,8 @@ class Queue:
     # -- jobs ------------------------------------------------------------------------------
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``, or :class:`UnknownTask` naming close matches."""
+        if not isinstance(name, str):
+            raise UnknownTask(f"a task name is a str, got {type(name).__name__} {name!r}")
         task = self.tasks.get(name)
         if task is None:
             close = difflib.get_close_matches(name, list(self.tasks), n=3)
@@ -195,10 +197,20 @@ class Queue:
         limit: int = 50, offset: int = 0, all_queues: bool = False,
     ) -> list[JobRecord]:
         """Jobs of this queue, newest first."""
+        for what, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OptionError(f"{what} must be an int >= 0, got {value!r}")
+        try:
+            wanted = JobStatus(status) if status is not None else None
+        except ValueError:
+            raise OptionError(
+                f"status must be one of {', '.join(s.value for s in JobStatus)}, got {status!r}"
+            ) from None
+        check_optional(task, str, "task")
         backend = await self._backend()
         return await backend.list_jobs(JobFilter(
             queue=None if all_queues else self.name,
-            status=JobStatus(status) if status is not None else None,
+            status=wanted,
             task=task, limit=limit, offset=offset,
         ))
 

@@ -237,3 +237,15 @@ def test_retry_delay_never_overflows() -> None:
     policy = Retry(attempts=100_000, backoff=1.5, factor=10.0, max_delay=600.0, jitter=False)
     assert policy.delay(1) == 1.5
     assert policy.delay(99_999) == 600.0
+
+
+async def test_bad_list_and_lookup_arguments_are_typed() -> None:
+    """``list_jobs`` and ``enqueue`` by name refuse arguments of the wrong type with typed errors."""
+    from conveyor.errors import UnknownTask
+
+    queue = _queue()
+    for kwargs in ({"status": "exploded"}, {"limit": -1}, {"offset": "3"}, {"limit": True}, {"task": 5}):
+        with pytest.raises(OptionError):
+            await queue.list_jobs(**kwargs)
+    with pytest.raises(UnknownTask):
+        await queue.enqueue(5)  # type: ignore[arg-type]
