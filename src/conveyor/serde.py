@@ -12,7 +12,7 @@ import json
 import math
 import traceback
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pydantic
@@ -103,53 +103,92 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
+_Stack = list[tuple[Any, int, "_Path | None"]]
+
+
+def _check_one(value: Any, depth: int, path: _Path | None, stack: _Stack, where: str, strict: bool) -> None:
+    """Check one value; a container goes on ``stack`` to be opened later."""
+    if isinstance(value, str):
+        _check_text(value, _render(where, path) if not value.isascii() else "")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            digits = len(str(abs(value))) if value.bit_length() < 14_000 else "over 4,000"
+            raise LimitExceeded(
+                f"{_render(where, path)} is an int of {digits} digits, past the 64-bit range "
+                "[-2**63, 2**63 - 1]: pass it as a str"
+            )
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotSerializable(f"{_render(where, path)} is {value!r}: JSON has no NaN or Infinity")
+    elif isinstance(value, list | tuple | dict) or (not strict and isinstance(value, set | frozenset)):
+        if depth >= MAX_DEPTH:
+            raise LimitExceeded(
+                f"{_render(where, path)} nests lists/dicts more than {MAX_DEPTH} deep "
+                "(or contains itself)"
+            )
+        stack.append((value, depth, path))
+    elif strict:
+        raise NotSerializable(
+            f"{_render(where, path)} is a {type(value).__module__}.{type(value).__qualname__}, "
+            f"which is not JSON: {_hint(value)}"
+        )
+
+
 def _walk(value: Any, where: str, *, strict: bool) -> None:
     """Check a value against the JSON limits, without recursion (so any depth is safe to check).
 
     ``strict``: every value must be plain JSON. Otherwise values of other types are left to the
     pydantic adapter that follows, and only what can be seen in containers is checked.
+    Plain leaves are checked inline (this runs on every enqueue); anything else, and every error,
+    goes through :func:`_check_one`.
     """
-    stack: list[tuple[Any, int, _Path | None]] = [(value, 0, None)]
+    stack: _Stack = []
+    _check_one(value, 0, None, stack, where, strict)
     while stack:
-        item, depth, path = stack.pop()
-        if isinstance(item, str):
-            _check_text(item, "" if item.isascii() else _render(where, path))
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int):
-            if not MIN_INT <= item <= MAX_INT:
-                digits = len(str(abs(item))) if item.bit_length() < 14_000 else "over 4,000"
-                raise LimitExceeded(
-                    f"{_render(where, path)} is an int of {digits} digits, past the 64-bit range "
-                    f"[-2**63, 2**63 - 1]: pass it as a str"
-                )
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise NotSerializable(f"{_render(where, path)} is {item!r}: JSON has no NaN or Infinity")
-        elif isinstance(item, list | tuple | dict) or (not strict and isinstance(item, set | frozenset)):
-            if depth >= MAX_DEPTH:
-                raise LimitExceeded(
-                    f"{_render(where, path)} nests lists/dicts more than {MAX_DEPTH} deep "
-                    "(or contains itself)"
-                )
-            if isinstance(item, dict):
-                for k, v in item.items():
-                    if not isinstance(k, str):
-                        if strict:
-                            raise NotSerializable(
-                                f"{_render(where, path)} has a {type(k).__name__} key {k!r}: "
-                                "JSON keys are str"
-                            )
-                    else:
-                        _check_text(k, f"{_render(where, path)} key")
-                    stack.append((v, depth + 1, (path, k)))
-            else:
-                stack.extend((v, depth + 1, (path, i)) for i, v in enumerate(item))
-        elif strict:
-            raise NotSerializable(
-                f"{_render(where, path)} is a {type(item).__module__}.{type(item).__qualname__}, "
-                f"which is not JSON: {_hint(item)}"
-            )
+        container, depth, path = stack.pop()
+        depth += 1
+        pairs: Iterable[tuple[Any, Any]]
+        if isinstance(container, dict):
+            for k in container:
+                if type(k) is not str or not (k.isascii() or _utf8(k)):
+                    _check_dict_key(k, _render(where, path), strict)
+            pairs = container.items()
+        else:
+            pairs = enumerate(container)
+        for k, v in pairs:
+            t = type(v)
+            if t is str:
+                if v.isascii() or _utf8(v):
+                    continue
+            elif t is int:
+                if MIN_INT <= v <= MAX_INT:
+                    continue
+            elif t is float:
+                if v - v == 0.0:  # finite (NaN and infinities give NaN)
+                    continue
+            elif v is None or t is bool:
+                continue
+            elif (t is list or t is dict) and depth < MAX_DEPTH:
+                stack.append((v, depth, (path, k)))
+                continue
+            _check_one(v, depth, (path, k), stack, where, strict)
+
+
+def _check_dict_key(key: object, where: str, strict: bool) -> None:
+    if isinstance(key, str):
+        _check_text(key, f"{where} key")
+    elif strict:
+        raise NotSerializable(f"{where} has a {type(key).__name__} key {key!r}: JSON keys are str")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_json(value: Any, where: str) -> None:
