@@ -2,13 +2,16 @@
 
 ```
 ConveyorError
-├── ConfigError              bad URL, unknown setting, task registered twice
+├── ConfigError              bad URL, unknown setting, task registered twice, bad name
+│   └── OptionError          an option of the wrong type or out of range (priority, delay, ...)
 ├── BackendError             the storage engine failed (driver error as __cause__)
 ├── JobNotFound              no job with that id
 ├── EnqueueError             the job was rejected at enqueue; nothing was written
 │   ├── ArgumentError        arguments do not match the task's signature or types
 │   ├── NotSerializable      a value is not JSON (set, bytes, NaN, a DB session, ...)
+│   │   └── LimitExceeded    JSON, but past a documented limit (nesting depth, int size)
 │   ├── PayloadTooLarge      the encoded arguments exceed the size cap
+│   ├── BadKey               key= or unique= is empty, too long, or not storable text
 │   └── UnknownTask          no task of that name is registered
 └── JobError                 the outcome of a job, raised by Job.result()
     ├── JobFailed            the job failed (or is dead); `.error` holds type, message, traceback
@@ -16,7 +19,8 @@ ConveyorError
     └── JobTimeout           waiting for the result took longer than asked
 ```
 
-Each class's docstring is its default message.
+Each class's docstring is its default message. The limits behind ``OptionError``,
+``LimitExceeded`` and ``BadKey`` are listed in ``docs/semantics.md`` (Limits).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 __all__ = [
     "ArgumentError",
     "BackendError",
+    "BadKey",
     "ConfigError",
     "ConveyorError",
     "EnqueueError",
@@ -34,7 +39,9 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
+    "LimitExceeded",
     "NotSerializable",
+    "OptionError",
     "PayloadTooLarge",
     "UnknownTask",
 ]
@@ -54,6 +61,10 @@ class ConveyorError(Exception):
 
 class ConfigError(ConveyorError):
     """The configuration is invalid."""
+
+
+class OptionError(ConfigError):
+    """An option is of the wrong type or out of range."""
 
 
 class BackendError(ConveyorError):
@@ -78,6 +89,14 @@ class ArgumentError(EnqueueError):
 
 class NotSerializable(EnqueueError):
     """A value cannot be stored as JSON."""
+
+
+class LimitExceeded(NotSerializable):
+    """A value is JSON, but past one of conveyor's limits (nesting depth, integer size)."""
+
+
+class BadKey(EnqueueError):
+    """A key= or unique= value is empty, too long, or holds text that cannot be stored."""
 
 
 class PayloadTooLarge(EnqueueError):

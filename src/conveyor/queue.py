@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 from conveyor.backends import open_backend
 from conveyor.backends.base import Backend, JobFilter
 from conveyor.context import Context
-from conveyor.errors import ConfigError, UnknownTask
+from conveyor.errors import ConfigError, OptionError, UnknownTask
 from conveyor.job import Job
 from conveyor.model import JobRecord, JobStatus
 from conveyor.retry import Retry, seconds
+from conveyor.serde import check_name
 from conveyor.settings import Settings, url_from_env
-from conveyor.task import Prepared, Task
+from conveyor.task import Prepared, Task, check_optional, check_priority
 
 if TYPE_CHECKING:
     from conveyor.fastapi.lifespan import AppLifespan, QueueLifespan
@@ -51,8 +52,11 @@ class Queue:
     def __init__(
         self, url: str | None = None, *, name: str = "default", settings: Settings | None = None
     ) -> None:
-        if not name or not isinstance(name, str):
-            raise ConfigError("a queue needs a non-empty name")
+        check_name(name, "queue")
+        if settings is not None and not isinstance(settings, Settings):
+            raise OptionError(f"settings= takes a conveyor Settings, got {type(settings).__name__}")
+        if url is not None and not isinstance(url, str):
+            raise ConfigError(f"the backend URL must be a str, got {type(url).__name__}")
         self.url = url or url_from_env()
         self.name = name
         self.settings = settings or Settings()
@@ -97,11 +101,19 @@ class Queue:
         (a module-level ``def``) in a process pool. ``key`` is a literal or a template over the
         arguments (``"match:{match_id}"``): jobs with the same key run one at a time, in order.
         """
+        if retries is not None and not isinstance(retries, Retry | int):
+            raise OptionError(f"retries= takes a Retry or an int, got {type(retries).__name__}")
         policy = Retry.of(retries)
-        limit = seconds(timeout, "timeout")
+        limit = seconds(timeout, "timeout", positive=True)
+        check_priority(priority)
+        check_optional(key, str, "key")
+        check_optional(name, str, "name")
+        for flag, value in (("cpu", cpu), ("supersede", supersede)):
+            if not isinstance(value, bool):
+                raise OptionError(f"{flag}= must be a bool, got {type(value).__name__} {value!r}")
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or f.__qualname__
+            task_name = check_name(name if name is not None else getattr(f, "__qualname__", None), "task")
             if task_name in self.tasks:
                 raise ConfigError(
                     f"a task named {task_name!r} is already registered on queue {self.name!r}; "
@@ -153,6 +165,8 @@ class Queue:
     # -- jobs ------------------------------------------------------------------------------
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``, or :class:`UnknownTask` naming close matches."""
+        if not isinstance(name, str):
+            raise UnknownTask(f"a task name is a str, got {type(name).__name__} {name!r}")
         task = self.tasks.get(name)
         if task is None:
             close = difflib.get_close_matches(name, list(self.tasks), n=3)
@@ -183,10 +197,20 @@ class Queue:
         limit: int = 50, offset: int = 0, all_queues: bool = False,
     ) -> list[JobRecord]:
         """Jobs of this queue, newest first."""
+        for what, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OptionError(f"{what} must be an int >= 0, got {value!r}")
+        try:
+            wanted = JobStatus(status) if status is not None else None
+        except ValueError:
+            raise OptionError(
+                f"status must be one of {', '.join(s.value for s in JobStatus)}, got {status!r}"
+            ) from None
+        check_optional(task, str, "task")
         backend = await self._backend()
         return await backend.list_jobs(JobFilter(
             queue=None if all_queues else self.name,
-            status=JobStatus(status) if status is not None else None,
+            status=wanted,
             task=task, limit=limit, offset=offset,
         ))
 
@@ -206,6 +230,9 @@ class Queue:
         """
         from conveyor.worker import Worker
 
+        _check_worker_options(concurrency, queues, cpu_workers)
+        grace = seconds(grace, "grace")
+        lease = seconds(lease, "lease")
         return Worker(
             self, concurrency=concurrency, queues=list(queues or [self.name]), grace=grace,
             lease=lease, cpu_workers=cpu_workers,
@@ -225,6 +252,9 @@ class Queue:
         """
         from conveyor.fastapi.lifespan import QueueLifespan
 
+        if worker:  # checked now, not when the app starts
+            _check_worker_options(concurrency, queues, cpu_workers)
+            seconds(grace, "grace")
         return QueueLifespan(
             self, worker=worker, concurrency=concurrency, queues=queues, grace=grace,
             cpu_workers=cpu_workers, lifespan=lifespan,
@@ -232,16 +262,39 @@ class Queue:
 
     def router(
         self, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
-        tags: list[str] | None = None, heartbeat: float = 15.0,
+        tags: list[str] | None = None, heartbeat: float = 15.0, public: bool = False,
     ) -> APIRouter:
         """A FastAPI router over this queue's jobs: ``app.include_router(queue.router(), prefix="/jobs")``.
 
         REST (list, get, cancel, retry, stats), Server-Sent Events per job, and with
-        ``dashboard=True`` an HTML dashboard at ``/ui``. ``dependencies`` (e.g. ``[Depends(auth)]``)
-        guard every route; ``heartbeat`` is the seconds between keep-alive comments on event streams.
+        ``dashboard=True`` an HTML dashboard at ``/ui``; only jobs of this queue are served.
+        ``dependencies`` (e.g. ``[Depends(auth)]``) guard every route: jobs' arguments, results
+        and tracebacks are private data. Without them a warning is logged, unless ``public=True``
+        says the router is open on purpose. ``heartbeat`` is the seconds between keep-alive
+        comments on event streams. Cancel and retry (POST) need the header ``X-Conveyor: 1``.
         """
         from conveyor.fastapi.router import job_router
 
         return job_router(
-            self, dashboard=dashboard, dependencies=dependencies, tags=tags, heartbeat=heartbeat
+            self, dashboard=dashboard, dependencies=dependencies, tags=tags, heartbeat=heartbeat,
+            public=public,
         )
+
+
+def _check_worker_options(
+    concurrency: object, queues: Sequence[str] | None, cpu_workers: object
+) -> None:
+    """Raise :class:`OptionError` for worker options of the wrong type or out of range."""
+    for what, value, high in (("concurrency", concurrency, 10_000), ("cpu_workers", cpu_workers, 1024)):
+        if value is None and what == "cpu_workers":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise OptionError(f"{what} must be an int from 1 to {high:,}, got {value!r}")
+    if queues is not None:
+        if isinstance(queues, str) or not isinstance(queues, Sequence) or not queues:
+            raise OptionError(f"queues= takes a non-empty list of queue names, got {queues!r}")
+        for name in queues:
+            try:
+                check_name(name, "queue")
+            except ConfigError as exc:
+                raise OptionError(exc.message) from None

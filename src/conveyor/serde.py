@@ -12,17 +12,38 @@ import json
 import math
 import traceback
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pydantic
 from pydantic import ConfigDict, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from conveyor.errors import ArgumentError, ConfigError, NotSerializable, PayloadTooLarge
+from conveyor.errors import (
+    ArgumentError,
+    BadKey,
+    ConfigError,
+    LimitExceeded,
+    NotSerializable,
+    PayloadTooLarge,
+)
 from conveyor.model import ErrorInfo
 
-__all__ = ["TaskSignature", "check_json", "dump_json", "encoded_size", "error_info", "load_stored"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
+    "MAX_KEY_CHARS",
+    "MAX_NAME_CHARS",
+    "MIN_INT",
+    "TaskSignature",
+    "check_json",
+    "check_key",
+    "check_name",
+    "dump_json",
+    "encoded_size",
+    "error_info",
+    "load_stored",
+]
 
 _STRICT = ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=False)
 _JSON_LEAVES = (str, int, float, bool, type(None))
@@ -45,42 +66,169 @@ def _hint(value: object) -> str:
     )
 
 
-def check_json(value: Any, where: str) -> None:
-    """Raise :class:`NotSerializable` unless ``value`` is plain, finite JSON."""
-    if isinstance(value, float):
+#: the deepest nesting of lists and dicts a payload or result may have (``[[1]]`` is 2 deep)
+MAX_DEPTH = 100
+#: integers must fit in 64 bits (signed), which every JSON reader of the store's clients takes exactly
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
+#: the longest ``key=`` / ``unique=`` value, in characters
+MAX_KEY_CHARS = 1024
+#: the longest task or queue name, in characters
+MAX_NAME_CHARS = 200
+
+# a path to a value inside a payload, kept as a linked list and rendered only for an error message
+_Path = tuple[Any, ...]
+
+
+def _render(where: str, path: _Path | None) -> str:
+    steps: list[str] = []
+    while path is not None:
+        path, step = path
+        steps.append(f"[{step!r}]")
+    steps.reverse()
+    if len(steps) > 8:  # a deep path: its start and its end say enough
+        steps[4:-3] = [f"...({len(steps) - 7} more)..."]
+    return where + "".join(steps)
+
+
+def _check_text(text: str, where: str) -> None:
+    """Refuse a str that cannot be written as UTF-8 (a lone surrogate such as ``"\\ud800"``)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise NotSerializable(
+            f"{where} holds {text[exc.start]!r} at index {exc.start}, a lone surrogate: it is not "
+            "Unicode text and cannot be stored (decode bytes with errors='replace' first)"
+        ) from None
+
+
+_Stack = list[tuple[Any, int, "_Path | None"]]
+
+
+def _check_one(value: Any, depth: int, path: _Path | None, stack: _Stack, where: str, strict: bool) -> None:
+    """Check one value; a container goes on ``stack`` to be opened later."""
+    if isinstance(value, str):
+        _check_text(value, _render(where, path) if not value.isascii() else "")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            digits = len(str(abs(value))) if value.bit_length() < 14_000 else "over 4,000"
+            raise LimitExceeded(
+                f"{_render(where, path)} is an int of {digits} digits, past the 64-bit range "
+                "[-2**63, 2**63 - 1]: pass it as a str"
+            )
+    elif isinstance(value, float):
         if not math.isfinite(value):
-            raise NotSerializable(f"{where} is {value!r}: JSON has no NaN or Infinity")
-        return
-    if isinstance(value, _JSON_LEAVES):
-        return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            check_json(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                raise NotSerializable(
-                    f"{where} has a {type(k).__name__} key {k!r}: JSON keys are str"
-                )
-            check_json(item, f"{where}[{k!r}]")
-        return
-    raise NotSerializable(
-        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which is not JSON: "
-        f"{_hint(value)}"
-    )
+            raise NotSerializable(f"{_render(where, path)} is {value!r}: JSON has no NaN or Infinity")
+    elif isinstance(value, list | tuple | dict) or (not strict and isinstance(value, set | frozenset)):
+        if depth >= MAX_DEPTH:
+            raise LimitExceeded(
+                f"{_render(where, path)} nests lists/dicts more than {MAX_DEPTH} deep "
+                "(or contains itself)"
+            )
+        stack.append((value, depth, path))
+    elif strict:
+        raise NotSerializable(
+            f"{_render(where, path)} is a {type(value).__module__}.{type(value).__qualname__}, "
+            f"which is not JSON: {_hint(value)}"
+        )
 
 
-def _reject_nonfinite(value: Any, where: str) -> None:
-    """Walk containers for NaN/Infinity, which pydantic would quietly turn into null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise NotSerializable(f"{where} is {value!r}: JSON has no NaN or Infinity")
-    if isinstance(value, list | tuple | set | frozenset):
-        for i, item in enumerate(value):
-            _reject_nonfinite(item, f"{where}[{i}]")
-    elif isinstance(value, dict):
-        for k, item in value.items():
-            _reject_nonfinite(item, f"{where}[{k!r}]")
+def _walk(value: Any, where: str, *, strict: bool) -> None:
+    """Check a value against the JSON limits, without recursion (so any depth is safe to check).
+
+    ``strict``: every value must be plain JSON. Otherwise values of other types are left to the
+    pydantic adapter that follows, and only what can be seen in containers is checked.
+    Plain leaves are checked inline (this runs on every enqueue); anything else, and every error,
+    goes through :func:`_check_one`.
+    """
+    stack: _Stack = []
+    _check_one(value, 0, None, stack, where, strict)
+    while stack:
+        container, depth, path = stack.pop()
+        depth += 1
+        pairs: Iterable[tuple[Any, Any]]
+        if isinstance(container, dict):
+            for k in container:
+                if type(k) is not str or not (k.isascii() or _utf8(k)):
+                    _check_dict_key(k, _render(where, path), strict)
+            pairs = container.items()
+        else:
+            pairs = enumerate(container)
+        for k, v in pairs:
+            t = type(v)
+            if t is str:
+                if v.isascii() or _utf8(v):
+                    continue
+            elif t is int:
+                if MIN_INT <= v <= MAX_INT:
+                    continue
+            elif t is float:
+                if v - v == 0.0:  # finite (NaN and infinities give NaN)
+                    continue
+            elif v is None or t is bool:
+                continue
+            elif (t is list or t is dict) and depth < MAX_DEPTH:
+                stack.append((v, depth, (path, k)))
+                continue
+            _check_one(v, depth, (path, k), stack, where, strict)
+
+
+def _check_dict_key(key: object, where: str, strict: bool) -> None:
+    if isinstance(key, str):
+        _check_text(key, f"{where} key")
+    elif strict:
+        raise NotSerializable(f"{where} has a {type(key).__name__} key {key!r}: JSON keys are str")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_json(value: Any, where: str) -> None:
+    """Raise :class:`NotSerializable` unless ``value`` is plain, finite JSON within the limits.
+
+    The limits (a :class:`LimitExceeded`): nesting at most :data:`MAX_DEPTH` deep, integers in
+    the signed 64-bit range; strings must be valid Unicode (no lone surrogates).
+    """
+    _walk(value, where, strict=True)
+
+
+def check_name(name: object, what: str) -> str:
+    """A task or queue name: a non-empty str of at most :data:`MAX_NAME_CHARS` characters,
+    no NUL and no lone surrogate. Raises :class:`ConfigError`."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a {what} name must be a non-empty str, got {name!r}")
+    if len(name) > MAX_NAME_CHARS or "\x00" in name:
+        raise ConfigError(
+            f"a {what} name must be at most {MAX_NAME_CHARS} characters, without NUL: {name[:50]!r}..."
+        )
+    try:
+        _check_text(name, f"the {what} name")
+    except NotSerializable as exc:
+        raise ConfigError(exc.message) from None
+    return name
+
+
+def check_key(value: str, what: str) -> str:
+    """A ``key=`` or ``unique=`` value: 1 to :data:`MAX_KEY_CHARS` characters, no NUL and no lone
+    surrogate. Raises :class:`BadKey`."""
+    if not value or len(value) > MAX_KEY_CHARS or "\x00" in value:
+        raise BadKey(
+            f"{what}= must be 1 to {MAX_KEY_CHARS} characters without NUL, got "
+            f"{len(value)} characters: {value[:50]!r}{'...' if len(value) > 50 else ''}"
+        )
+    try:
+        _check_text(value, f"{what}=")
+    except NotSerializable as exc:
+        raise BadKey(exc.message) from None
+    return value
 
 
 def dump_json(value: Any) -> str:
@@ -223,6 +371,8 @@ class TaskSignature:
             if kind is inspect.Parameter.VAR_POSITIONAL:
                 encoded[name] = [self._encode_one(f"{name}[{i}]", name, v) for i, v in enumerate(value)]
             elif kind is inspect.Parameter.VAR_KEYWORD:
+                for k in value:
+                    _check_text(k, f"{self.name}() keyword argument name")
                 encoded[name] = {k: self._encode_one(k, name, v) for k, v in value.items()}
             else:
                 encoded[name] = self._encode_one(name, name, value)
@@ -242,13 +392,13 @@ class TaskSignature:
         if adapter is None:
             check_json(value, label)
             return value
-        _reject_nonfinite(value, label)
+        _walk(value, label, strict=False)
         try:
             validated = adapter.validate_python(value)
             out = adapter.dump_python(validated, mode="json")
         except pydantic.ValidationError as exc:
             raise ArgumentError(f"{label}: {_short(exc)}") from None
-        except PydanticSerializationError as exc:
+        except (PydanticSerializationError, RecursionError) as exc:
             raise NotSerializable(f"{label} cannot be stored as JSON: {exc}; {_hint(value)}") from None
         check_json(out, label)
         return out
@@ -296,15 +446,19 @@ class TaskSignature:
         return out
 
     def encode_result(self, value: Any) -> Any:
-        """The task's return value as JSON, or raise :class:`NotSerializable`."""
+        """The task's return value as JSON, or raise :class:`NotSerializable`.
+
+        The same limits as arguments hold (:func:`check_json`): a result past them is the job's
+        failure (a :class:`LimitExceeded`), never a value the store cannot write.
+        """
         label = f"{self.name}() return value"
         if self.return_adapter is None:
             check_json(value, label)
             return value
-        _reject_nonfinite(value, label)
+        _walk(value, label, strict=False)
         try:
             out = self.return_adapter.dump_python(value, mode="json")
-        except PydanticSerializationError as exc:
+        except (PydanticSerializationError, RecursionError) as exc:
             raise NotSerializable(f"{label} cannot be stored as JSON: {exc}") from None
         check_json(out, label)
         return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from conveyor.errors import ConfigError
+from conveyor.errors import OptionError
+from conveyor.retry import MAX_SECONDS, number
 
 __all__ = ["DEFAULT_URL", "Settings", "url_from_env"]
 
@@ -21,7 +22,8 @@ def url_from_env() -> str:
 class Settings:
     """How a queue and its workers behave. Durations in seconds.
 
-    Unknown keys are a ``TypeError`` at construction, so a typo never goes unnoticed.
+    Unknown keys are a ``TypeError`` at construction, so a typo never goes unnoticed; a value
+    of the wrong type or out of range is an :class:`~conveyor.errors.OptionError`.
     """
 
     #: how long a claimed job stays with its worker without a heartbeat before it is put back
@@ -44,16 +46,20 @@ class Settings:
     purge_interval: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_lost_leases is not None and self.max_lost_leases < 1:
-            raise ConfigError("Settings.max_lost_leases must be at least 1, or None for no limit")
-        if self.retention is not None and self.retention <= 0:
-            raise ConfigError("Settings.retention must be positive seconds, or None to keep jobs")
         for name in ("lease", "grace", "recover_interval", "cancel_poll", "loop_lag_warning",
                      "purge_interval"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"Settings.{name} must be a positive number of seconds")
+            value = number(getattr(self, name), f"Settings.{name}", low=0.0, high=MAX_SECONDS)
+            if value <= 0:
+                raise OptionError(f"Settings.{name} must be a positive number of seconds")
         if self.lease < 1.0:
-            raise ConfigError("Settings.lease must be at least 1 second")
-        if not isinstance(self.max_payload, int) or self.max_payload <= 0:
-            raise ConfigError("Settings.max_payload must be a positive number of bytes")
+            raise OptionError("Settings.lease must be at least 1 second")
+        if self.retention is not None:
+            number(self.retention, "Settings.retention", low=0.0, high=MAX_SECONDS)
+            if self.retention <= 0:
+                raise OptionError("Settings.retention must be positive seconds, or None to keep jobs")
+        for name, low, high in (("max_payload", 1, 1 << 30), ("max_lost_leases", 1, 1_000_000)):
+            value = getattr(self, name)
+            if value is None and name == "max_lost_leases":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise OptionError(f"Settings.{name} must be an int from {low} to {high:,}, got {value!r}")

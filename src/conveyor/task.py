@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -11,19 +12,42 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.context import Context
-from conveyor.errors import ArgumentError, ConfigError
+from conveyor.errors import ArgumentError, ConfigError, OptionError
 from conveyor.model import JobRecord, new_id, utcnow
-from conveyor.retry import Retry, seconds
-from conveyor.serde import TaskSignature
+from conveyor.retry import MAX_SECONDS, Retry, seconds
+from conveyor.serde import TaskSignature, check_key
 
 if TYPE_CHECKING:
     from conveyor.job import Job
     from conveyor.queue import Queue
 
-__all__ = ["Options", "Prepared", "Task", "TaskCall"]
+__all__ = [
+    "MAX_PRIORITY", "MIN_PRIORITY", "Options", "Prepared", "Task", "TaskCall", "check_optional",
+    "check_priority",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: priorities are 32-bit signed ints: every backend stores them exactly (Redis as a zset score,
+#: a double, which is exact to 2**53)
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def check_priority(value: object) -> int:
+    """A priority: an int (not a bool) from :data:`MIN_PRIORITY` to :data:`MAX_PRIORITY`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"priority must be an int, got {type(value).__name__} {value!r}")
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise OptionError(f"priority must be between -2**31 and 2**31 - 1, got {value!r}")
+    return value
+
+
+def check_optional(value: object, kind: type, what: str) -> None:
+    """Raise :class:`OptionError` unless ``value`` is None or a ``kind`` (a bool is no int)."""
+    if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+        raise OptionError(f"{what} must be a {kind.__name__} or None, got {type(value).__name__} {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +73,12 @@ class Prepared(Generic[R]):
 
 
 def _key_fields(template: str) -> list[str]:
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise OptionError(
+            f"key {template!r} is not a valid template ({exc}): write a literal brace as {{{{ or }}}}"
+        ) from None
 
 
 class Task(Generic[P, R]):
@@ -101,17 +130,20 @@ class Task(Generic[P, R]):
     ) -> TaskCall[P, R]:
         """The same task with options for the next enqueue (delay, priority, key, unique, ...)."""
         if delay is not None and at is not None:
-            raise ConfigError("give delay= or at=, not both")
-        if at is not None and at.tzinfo is None:
-            raise ConfigError("at= must be an aware datetime (e.g. datetime.now(UTC) + ...)")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ConfigError(f"priority must be an int, got {priority!r}")
-        t = seconds(timeout, "timeout")
-        if t == 0:
-            raise ConfigError("timeout must be more than 0 seconds")
+            raise OptionError("give delay= or at=, not both")
+        if at is not None:
+            _check_at(at)
+        if priority is not None:
+            check_priority(priority)
+        check_optional(key, str, "key")
+        check_optional(unique, str, "unique")
+        check_optional(supersede, bool, "supersede")
+        if retries is not None and not isinstance(retries, Retry | int):
+            raise OptionError(f"retries= takes a Retry or an int, got {type(retries).__name__}")
         return TaskCall(self, Options(
             delay=seconds(delay, "delay"), at=at, priority=priority, key=key, unique=unique,
-            supersede=supersede, timeout=t, retries=Retry.of(retries),
+            supersede=supersede, timeout=seconds(timeout, "timeout", positive=True),
+            retries=Retry.of(retries),
         ))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
@@ -125,6 +157,22 @@ class Task(Generic[P, R]):
         not fit the signature, are not JSON, or are too large.
         """
         return await TaskCall(self, Options()).enqueue(*args, **kwargs)
+
+
+def _check_at(at: object) -> None:
+    if not isinstance(at, datetime):
+        raise OptionError(f"at= must be a datetime, got {type(at).__name__} {at!r}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise OptionError("at= must be an aware datetime (e.g. datetime.now(UTC) + ...)")
+    try:
+        ahead = (at - utcnow()).total_seconds()
+        after_epoch = at >= _EPOCH
+    except OverflowError:  # a tzinfo that moves it past year 1 or 9999
+        ahead, after_epoch = math.inf, False
+    if not after_epoch or ahead > MAX_SECONDS:
+        raise OptionError(
+            f"at= must be between 1970-01-01 and 100 years from now (UTC), got {at.isoformat()}"
+        )
 
 
 class TaskCall(Generic[P, R]):
@@ -155,8 +203,12 @@ class TaskCall(Generic[P, R]):
                 task._check_key(key)
             try:
                 key = key.format(**task.signature.arguments(bound))
-            except (KeyError, IndexError, AttributeError) as exc:
+            except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
                 raise ArgumentError(f"{task.name}(): cannot build key {key!r}: {exc}") from None
+        if key is not None:
+            check_key(key, "key")
+        if opts.unique is not None:
+            check_key(opts.unique, "unique")
         now = utcnow()
         scheduled = opts.at.astimezone(UTC) if opts.at is not None else None
         if opts.delay:

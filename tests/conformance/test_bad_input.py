@@ -13,6 +13,7 @@ from conveyor.errors import (
     ArgumentError,
     EnqueueError,
     JobFailed,
+    LimitExceeded,
     NotSerializable,
     PayloadTooLarge,
 )
@@ -83,6 +84,59 @@ NOT_JSON: dict[str, Any] = {
     "non-str key": {1: "one"},
     "function": print,
 }
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _cycle() -> Any:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+PAST_LIMITS: dict[str, tuple[Any, type[NotSerializable]]] = {
+    "int of 5000 digits (json.dumps raises ValueError)": (10**5000, LimitExceeded),
+    "int past 2**63 - 1": (2**63, LimitExceeded),
+    "int below -2**63": (-(2**63) - 1, LimitExceeded),
+    "nested 101 deep": (_nested(101), LimitExceeded),
+    "nested 10,000 deep": (_nested(10_000), LimitExceeded),
+    "a list that contains itself": (_cycle(), LimitExceeded),
+    "lone surrogate": ("ab\ud800", NotSerializable),
+    "lone surrogate in a dict key": ({"\udc00": 1}, NotSerializable),
+    "lone surrogate deep inside": ({"a": [1, {"b": "\udfff"}]}, NotSerializable),
+}
+
+
+@pytest.mark.parametrize(("value", "error"), list(PAST_LIMITS.values()), ids=list(PAST_LIMITS))
+async def test_values_past_the_limits_are_refused_with_a_typed_error(
+    queue: Queue, value: Any, error: type[NotSerializable]
+) -> None:
+    """Values JSON cannot carry exactly are refused at enqueue with their typed error; nothing is
+    stored. The same holds for a parameter annotated with a type (pydantic path)."""
+    store = _register(queue)
+
+    @queue.task(name="typed")
+    async def typed(value: list[Any] | dict[str, Any] | str | int) -> None: ...
+
+    for task in (store, typed):
+        args = (1, value) if task is store else (value,)
+        with pytest.raises(error) as caught:
+            await task.enqueue(*args)
+        assert caught.value.message
+    await assert_nothing_written(queue)
+
+
+async def test_values_at_the_limits_are_accepted(queue: Queue) -> None:
+    """The edges themselves are fine: 2**63 - 1, -2**63, 100 levels, astral characters, NUL."""
+    store = _register(queue)
+    for value in (2**63 - 1, -(2**63), _nested(99), "\U0001f600\x00", {"\U0010ffff": -0.0}):
+        job = await store.enqueue(1, value)
+        assert (await job.info()).args[1] == value
 
 
 @pytest.mark.parametrize("value", list(NOT_JSON.values()), ids=list(NOT_JSON))

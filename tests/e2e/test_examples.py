@@ -161,7 +161,8 @@ def test_welcome_email_is_retried_and_failures_stay_visible(tmp_path: Path) -> N
         listed = client.get("/jobs", params={"status": "dead"}).json()["items"]
         assert [j["id"] for j in listed] == [dead["id"]]
         assert client.get("/jobs/ui").status_code == 200
-        assert client.post(f"/jobs/{dead['id']}/retry").json()["status"] in ("queued", "running")
+        retried = client.post(f"/jobs/{dead['id']}/retry", headers={"X-Conveyor": "1"})
+        assert retried.json()["status"] in ("queued", "running")
         again = wait_status(client, dead["id"], {"dead"})
         assert again["attempts"] == 4
         assert client.post("/users", json={"email": "ada@example.com", "name": "A"}).status_code == 409

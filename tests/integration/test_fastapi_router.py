@@ -17,6 +17,8 @@ from .fastapi_support import client_for
 
 Wait = Callable[..., Awaitable[Any]]
 UNKNOWN_ID = "01936f4e-8a1b-7c3d-9e2f-0a1b2c3d4e5f"
+#: the header the router requires on every POST (the dashboard sends it)
+CSRF = {"X-Conveyor": "1"}
 
 
 def make_app(queue: Queue, *, worker: bool = False, **router: Any) -> FastAPI:
@@ -57,9 +59,9 @@ async def test_malformed_id_is_422_and_unknown_id_is_404(queue: Queue, bad: str)
     """A malformed id is a 422 on every route; a well-formed unknown id is a 404."""
     async with client_for(make_app(queue)) as client:
         for method, suffix in [("GET", ""), ("GET", "/events"), ("POST", "/cancel"), ("POST", "/retry")]:
-            malformed = await client.request(method, f"/jobs/{bad}{suffix}")
+            malformed = await client.request(method, f"/jobs/{bad}{suffix}", headers=CSRF)
             assert malformed.status_code == 422, (method, suffix, malformed.text)
-            unknown = await client.request(method, f"/jobs/{UNKNOWN_ID}{suffix}")
+            unknown = await client.request(method, f"/jobs/{UNKNOWN_ID}{suffix}", headers=CSRF)
             assert unknown.status_code == 404, (method, suffix, unknown.text)
             assert UNKNOWN_ID in unknown.json()["detail"]
 
@@ -121,11 +123,11 @@ async def test_cancel_a_queued_job_and_a_running_one(queue: Queue, wait_until: W
         running = await hang.enqueue()
         await asyncio.wait_for(started.wait(), 10)
         waiting = await later.options(delay=60).enqueue()
-        body = (await client.post(f"/jobs/{waiting.id}/cancel")).json()
+        body = (await client.post(f"/jobs/{waiting.id}/cancel", headers=CSRF)).json()
         assert body["status"] == "cancelled"
-        again = await client.post(f"/jobs/{waiting.id}/cancel")
+        again = await client.post(f"/jobs/{waiting.id}/cancel", headers=CSRF)
         assert again.status_code == 200 and again.json()["status"] == "cancelled"
-        body = (await client.post(f"/jobs/{running.id}/cancel")).json()
+        body = (await client.post(f"/jobs/{running.id}/cancel", headers=CSRF)).json()
         assert body["status"] in ("running", "cancelled")
         await wait_until(
             lambda: _status_is(running.status, JobStatus.CANCELLED), 10, message="cancelled"
@@ -146,7 +148,7 @@ async def test_cancel_a_finished_job_is_a_conflict(queue: Queue) -> None:
     async with client_for(make_app(queue, worker=True)) as client:
         job = await quick.enqueue()
         await job.result(timeout=10)
-        response = await client.post(f"/jobs/{job.id}/cancel")
+        response = await client.post(f"/jobs/{job.id}/cancel", headers=CSRF)
         assert response.status_code == 409 and "succeeded" in response.json()["detail"]
         assert await job.status() is JobStatus.SUCCEEDED
 
@@ -167,10 +169,10 @@ async def test_retry_puts_a_dead_job_back(queue: Queue, wait_until: Wait) -> Non
         dead = (await client.get(f"/jobs/{job.id}")).json()
         assert dead["error"]["type"] == "ConnectionError"
         assert "mail server down" in dead["error"]["traceback"]
-        retried = await client.post(f"/jobs/{job.id}/retry")
+        retried = await client.post(f"/jobs/{job.id}/retry", headers=CSRF)
         assert retried.status_code == 200 and retried.json()["status"] in ("queued", "running", "succeeded")
         assert await job.result(timeout=10) == "sent"
-        conflict = await client.post(f"/jobs/{job.id}/retry")
+        conflict = await client.post(f"/jobs/{job.id}/retry", headers=CSRF)
         assert conflict.status_code == 409 and "succeeded" in conflict.json()["detail"]
 
 
@@ -210,11 +212,11 @@ async def test_router_dependencies_guard_every_route(queue: Queue) -> None:
               ("POST", f"/jobs/{job.id}/retry"), ("POST", f"/jobs/{job.id}/cancel")]
     async with client_for(app) as client:
         for method, path in routes:
-            assert (await client.request(method, path)).status_code == 401, path
-            wrong = await client.request(method, path, auth=("ops", "guess"))
+            assert (await client.request(method, path, headers=CSRF)).status_code == 401, path
+            wrong = await client.request(method, path, auth=("ops", "guess"), headers=CSRF)
             assert wrong.status_code == 401, path
         for method, path in routes:
-            ok = await client.request(method, path, auth=("ops", "s3cret"))
+            ok = await client.request(method, path, auth=("ops", "s3cret"), headers=CSRF)
             assert ok.status_code in (200, 409), (path, ok.text)
         assert (await client.get(f"/jobs/{job.id}/events")).status_code == 401
     assert await job.status() is JobStatus.CANCELLED

@@ -178,7 +178,7 @@ async def test_stream_of_a_retried_job_goes_past_its_old_verdict(
         job = await convert.enqueue(1)
         steps.go.put_nowait("fail")
         await wait_until(lambda: _has_status(job, JobStatus.FAILED), 10, message="the job failed")
-        assert (await client.post(f"/jobs/{job.id}/retry")).status_code == 200
+        assert (await client.post(f"/jobs/{job.id}/retry", headers={"X-Conveyor": "1"})).status_code == 200
         async with client.stream("GET", f"/jobs/{job.id}/events") as response:
             events = read_events(response.aiter_lines())
             statuses: list[str] = []

@@ -28,7 +28,6 @@ _WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 class MemoryBackend(Backend):
     """Everything in dicts and heaps; every verb runs to completion without awaiting, so atomically."""
 
-
     def __init__(self, url: str = "memory://") -> None:
         super().__init__(url)
         self._jobs: dict[str, JobRecord] = {}
@@ -146,7 +145,10 @@ class MemoryBackend(Backend):
         while self._timers and self._timers[0][0] <= now:
             _, seq, job_id = heapq.heappop(self._timers)
             job = self._jobs.get(job_id)
-            if job is not None and job.status is JobStatus.SCHEDULED and self._is_lane_head(job):
+            if (
+                job is not None and job.status is JobStatus.SCHEDULED and self._seq[job_id] == seq
+                and self._is_lane_head(job)
+            ):
                 heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, seq, job_id))
 
     async def claim(
@@ -160,10 +162,15 @@ class MemoryBackend(Backend):
             best = min((h for h in heaps if h), key=lambda h: h[0], default=None)
             if best is None:
                 break
-            _, _, job_id = heapq.heappop(best)
+            _, seq, job_id = heapq.heappop(best)
             job = self._jobs.get(job_id)
-            if job is None or job.status not in _WAITING or not self._is_lane_head(job):
-                continue  # stale index entry
+            # an entry is stale when its job moved on; a job retried by hand got a new seq (its
+            # place at the back), so an entry with its old seq must not bring it back to the front
+            if (
+                job is None or job.status not in _WAITING or self._seq[job_id] != seq
+                or not self._is_lane_head(job)
+            ):
+                continue
             if job.status is JobStatus.SCHEDULED and (job.scheduled_for or now) > now:
                 continue  # re-scheduled later; its timer entry brings it back
             job.status = JobStatus.RUNNING

@@ -2,7 +2,7 @@
 
 =======  ======================  ===========================================================
 GET      ``/jobs``               list jobs of the queue, newest first (``status``, ``task``,
-                                 ``limit``, ``offset``)
+                                 ``limit`` at most 500, ``offset`` at most 10,000)
 GET      ``/jobs/stats``         how many jobs are in each status
 GET      ``/jobs/ui``            the HTML dashboard (``dashboard=True`` only)
 GET      ``/jobs/{id}``          one job record (404 unknown id, 422 malformed id)
@@ -11,11 +11,17 @@ POST     ``/jobs/{id}/cancel``   cancel a waiting or running job (409 once finis
 POST     ``/jobs/{id}/retry``    put a failed, dead or cancelled job back (409 otherwise)
 =======  ======================  ===========================================================
 
-No GET changes anything. ``dependencies=[Depends(auth)]`` guards every route, the dashboard too.
+Only jobs of the router's queue are served: a job of another queue on the same backend is a 404
+on every route, and cancel/retry leave it alone. No GET changes anything; every POST needs the
+header ``X-Conveyor`` (any value; the dashboard sends ``X-Conveyor: 1``), which a cross-site form
+cannot send (a cross-origin ``fetch`` with it needs a CORS preflight), else it is a 403.
+``dependencies=[Depends(auth)]`` guards every route, the dashboard too; a router built without
+any logs a warning, unless ``public=True`` says it is open on purpose.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,7 +29,7 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from fastapi import status as http
 from fastapi.responses import HTMLResponse
 
-from conveyor.errors import JobNotFound
+from conveyor.errors import JobNotFound, OptionError
 from conveyor.fastapi.dashboard import render_dashboard
 from conveyor.fastapi.schemas import JobEventOut, JobOut, JobPage, ProblemOut, StatsOut
 from conveyor.fastapi.sse import EventStreamResponse, job_stream
@@ -32,7 +38,14 @@ from conveyor.model import JobRecord, JobStatus
 if TYPE_CHECKING:
     from conveyor.queue import Queue
 
-__all__ = ["APIRouter", "job_router"]
+__all__ = ["CSRF_HEADER", "MAX_OFFSET", "APIRouter", "job_router"]
+
+log = logging.getLogger("conveyor.fastapi")
+
+#: the header every state-changing request must carry (cross-site forms cannot send one)
+CSRF_HEADER = "X-Conveyor"
+#: the deepest page ``GET /jobs`` serves: no request walks a whole queue
+MAX_OFFSET = 10_000
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -72,38 +85,73 @@ _EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": ProblemOut.model_json_schema()}},
     },
 }
+_CsrfHeader = Annotated[
+    str | None,
+    Header(
+        alias=CSRF_HEADER,
+        description="required on every POST (any value, e.g. 1): a cross-site form cannot send it",
+    ),
+]
+_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ProblemOut, "description": "The X-Conveyor header is missing"}
+}
 _RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 _CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.CANCELLED})
 
 
 def job_router(
     queue: Queue, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
-    tags: list[str] | None = None, heartbeat: float = 15.0,
+    tags: list[str] | None = None, heartbeat: float = 15.0, public: bool = False,
 ) -> APIRouter:
     """Build the REST, SSE and (``dashboard=True``) HTML routes over ``queue``'s jobs."""
-    if heartbeat <= 0:
-        raise ValueError("heartbeat must be a positive number of seconds")
-    router = APIRouter(dependencies=list(dependencies or []), tags=list(tags or ["jobs"]))
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < 3600:
+        raise OptionError(f"heartbeat must be seconds between 0 and 3600, got {heartbeat!r}")
+    if not isinstance(public, bool):
+        raise OptionError(f"public= must be a bool, got {public!r}")
+    guards = list(dependencies or [])
+    if not guards and not public:
+        log.warning(
+            "the job router of queue %r has no dependencies: anyone who can reach it reads every "
+            "job's arguments, results and tracebacks, and can cancel and retry jobs. Guard it with "
+            "queue.router(dependencies=[Depends(auth)]), or pass public=True if it is open on "
+            "purpose (e.g. behind an authenticating proxy)", queue.name,
+        )
+    router = APIRouter(dependencies=guards, tags=list(tags or ["jobs"]))
 
     async def find(job_id: str) -> JobRecord:
+        """The job's record, or a 404 when there is none *in this queue*."""
         try:
-            return await queue.job(job_id.lower()).info()
+            record = await queue.job(job_id.lower()).info()
         except JobNotFound:
-            raise HTTPException(http.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}") from None
+            record = None
+        # a job of another queue on the same backend is not this router's: the same 404 as an
+        # unknown id, so the router does not even tell that it exists
+        if record is None or record.queue != queue.name:
+            raise HTTPException(http.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+        return record
+
+    def require_csrf_header(value: str | None) -> None:
+        if not value:
+            raise HTTPException(
+                http.HTTP_403_FORBIDDEN,
+                f"state-changing requests need the header {CSRF_HEADER}: 1 (a guard against "
+                "cross-site requests)",
+            )
 
     @router.get("", name="conveyor_list_jobs", summary="List jobs")
     async def list_jobs(
         status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
         task: Annotated[str | None, Query(description="only jobs of this task name")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="at most 10,000")] = 0,
     ) -> JobPage:
         """Jobs of the queue, newest first, one page at a time."""
         records = await queue.list_jobs(status=status, task=task, limit=limit + 1, offset=offset)
         more = len(records) > limit
         return JobPage(
             items=[JobOut.of(r) for r in records[:limit]], limit=limit, offset=offset,
-            next_offset=offset + limit if more else None,
+            # past MAX_OFFSET there is no next page: narrow the list with status= or task=
+            next_offset=offset + limit if more and offset + limit <= MAX_OFFSET else None,
         )
 
     @router.get("/stats", name="conveyor_job_stats", summary="Count jobs by status")
@@ -159,16 +207,20 @@ def job_router(
 
     @router.post(
         "/{job_id}/cancel", name="conveyor_cancel_job", summary="Cancel a job",
-        responses={**_NOT_FOUND, **_CONFLICT},
+        responses={**_NOT_FOUND, **_CONFLICT, **_FORBIDDEN},
     )
-    async def cancel_job(job_id: JobId) -> JobOut:
+    async def cancel_job(job_id: JobId, x_conveyor: _CsrfHeader = None) -> JobOut:
         """Cancel the job: a waiting job never runs; a running one is stopped by its worker.
 
         A running job shows ``cancel_requested`` until its worker has stopped it.
         Cancelling a cancelled job changes nothing; a finished job is a 409.
         """
-        # the backend decides atomically and returns the record as it left it: no check-then-act
-        record = await (await queue._backend()).cancel(job_id.lower())
+        require_csrf_header(x_conveyor)
+        # Read, check the queue, then act. This read-then-act cannot race: a job never changes
+        # queue, so the queue seen here is the queue the cancel acts on. The cancel itself is
+        # atomic in the backend, which decides from its own record and returns it as it left it.
+        found = await find(job_id)
+        record = await (await queue._backend()).cancel(found.id)
         if record is None:
             raise HTTPException(http.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
         if record.status not in _CANCELLABLE:
@@ -179,10 +231,13 @@ def job_router(
 
     @router.post(
         "/{job_id}/retry", name="conveyor_retry_job", summary="Retry a failed job",
-        responses={**_NOT_FOUND, **_CONFLICT},
+        responses={**_NOT_FOUND, **_CONFLICT, **_FORBIDDEN},
     )
-    async def retry_job(job_id: JobId) -> JobOut:
+    async def retry_job(job_id: JobId, x_conveyor: _CsrfHeader = None) -> JobOut:
         """Put a failed, dead or cancelled job back in its queue; its attempts start over."""
+        require_csrf_header(x_conveyor)
+        # read-then-act on the queue is safe (a job never changes queue); the retry is atomic in
+        # the backend, which leaves a job that is no longer failed, dead or cancelled as it is
         record = await find(job_id)
         if record.status not in _RETRYABLE:
             raise HTTPException(

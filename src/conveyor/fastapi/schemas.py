@@ -9,7 +9,20 @@ from pydantic import BaseModel, Field
 
 from conveyor.model import JobRecord, JobStatus
 
-__all__ = ["ErrorOut", "JobEventOut", "JobOut", "JobPage", "ProblemOut", "ProgressOut", "StatsOut"]
+__all__ = [
+    "ErrorOut", "JobEventOut", "JobOut", "JobPage", "ProblemOut", "ProgressOut", "StatsOut", "servable",
+]
+
+
+def servable(value: Any) -> Any:
+    """A str with every lone surrogate replaced by U+FFFD (other values as they are)."""
+    if not isinstance(value, str) or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+    return value
 
 
 class ErrorOut(BaseModel):
@@ -54,8 +67,18 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, record: JobRecord) -> JobOut:
-        """The response model of a stored record."""
-        return cls.model_validate(record.to_dict())
+        """The response model of a stored record.
+
+        Enqueue refuses text that is not valid Unicode, but an exception message or a progress
+        message is whatever the task made (a file name decoded with ``surrogateescape``, say):
+        lone surrogates there become U+FFFD, or the record, and any page listing it, could not
+        be served as JSON at all.
+        """
+        data = record.to_dict()
+        for field in ("error", "progress"):
+            if data[field] is not None:
+                data[field] = {k: servable(v) for k, v in data[field].items()}
+        return cls.model_validate(data)
 
 
 class JobPage(BaseModel):

@@ -46,8 +46,10 @@ class EventStreamResponse(StreamingResponse):
 
 
 def encode(event: Event) -> bytes:
-    """One job event in the SSE wire format (compact JSON never spans lines)."""
-    data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    """One job event in the SSE wire format (compact ASCII JSON never spans lines)."""
+    # ASCII with escapes: a task's message may hold a lone surrogate, which UTF-8 cannot carry but
+    # a JSON escape can (and JSON.parse takes); the stream must never break on one event
+    data = json.dumps(event.to_dict(), separators=(",", ":"))
     return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
 
 
