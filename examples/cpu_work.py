@@ -57,7 +57,8 @@ def compress(size: int) -> dict[str, Any]:
 
 
 app = FastAPI(title="cpu work", lifespan=queue.lifespan(worker=True, concurrency=4, cpu_workers=2))
-app.include_router(queue.router(dashboard=True), prefix="/jobs")
+# a local demo, open on purpose: guard a real one with dependencies=[...] (docs/fastapi.md)
+app.include_router(queue.router(dashboard=True, public=True), prefix="/jobs")
 
 
 class Image(BaseModel):

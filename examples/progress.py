@@ -40,7 +40,8 @@ async def convert(name: str, steps: int, ctx: Context) -> dict[str, str]:
 
 
 app = FastAPI(title="progress", lifespan=queue.lifespan(worker=True))
-app.include_router(queue.router(dashboard=True), prefix="/jobs")
+# a local demo, open on purpose: guard a real one with dependencies=[...] (docs/fastapi.md)
+app.include_router(queue.router(dashboard=True, public=True), prefix="/jobs")
 
 
 class Conversion(BaseModel):
