@@ -107,6 +107,24 @@ STAGES = [("sent", "script", "client → enqueue script ran"),
           ("sent", "started", "whole pickup")]
 
 
+def script_times(client: redis.Redis, q: Queue) -> str:
+    """Redis's own time per script during the run (SLOWLOG with every command logged)."""
+    names = {sha: name for name, (sha, _) in getattr(q.backend, "_scripts", {}).items()}
+    took: dict[str, list[int]] = {}
+    for entry in client.slowlog_get(1_000_000):
+        cmd = entry["command"].split()
+        if cmd and cmd[0].upper() == b"EVALSHA" and len(cmd) > 1:
+            took.setdefault(names.get(cmd[1].decode(), "?"), []).append(entry["duration"])
+    lines = [f"{'script (Redis time, µs)':<46} {'p50':>8} {'p90':>8} {'p99':>8} {'calls':>8}"]
+    for name, us in sorted(took.items(), key=lambda kv: -len(kv[1])):
+        if len(us) < 2:
+            continue
+        cuts = statistics.quantiles(us, n=100, method="inclusive")
+        lines.append(f"{name:<46} {statistics.median(us):8.0f} {cuts[89]:8.0f} {cuts[98]:8.0f} "
+                     f"{len(us):8d}")
+    return "\n".join(lines)
+
+
 async def drive(q: Queue, samples: int, interval: float) -> list[dict[str, float]]:
     """The steady-load client: ``samples`` jobs, one every ``interval`` s on an absolute timeline."""
     client = redis.Redis.from_url(url())
@@ -118,6 +136,9 @@ async def drive(q: Queue, samples: int, interval: float) -> list[dict[str, float
             if client.blpop([TRACE], timeout=60) is None:
                 raise TimeoutError("the worker did not start a warm-up job within 60 s")
         await asyncio.sleep(0.5)
+        client.config_set("slowlog-log-slower-than", 0)
+        client.config_set("slowlog-max-len", 1_000_000)
+        client.slowlog_reset()
         t0 = time.perf_counter() + 0.01
         for i in range(samples):
             wait = t0 + i * interval - time.perf_counter()
@@ -128,6 +149,7 @@ async def drive(q: Queue, samples: int, interval: float) -> list[dict[str, float
         deadline = time.monotonic() + 60
         while client.llen(TRACE) < samples and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # another process fills the list: nothing to await here
+        print(script_times(client, q))
     rows = [json.loads(v) for v in client.lrange(TRACE, 0, -1)]
     for row in rows:
         row["returned"] = returned.get(row["id"], float("nan"))
@@ -153,7 +175,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between arrivals")
-    parser.add_argument("--py-spy", metavar="SVG", help="profile the worker: py-spy record --idle")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="profile the worker with py-spy record --idle (FILE.svg, or .txt for "
+                             "collapsed stacks)")
     parser.add_argument("--json", metavar="FILE", help="also write every job's stamps here")
     args = parser.parse_args()
     with redis_server() as server:
@@ -163,7 +187,10 @@ def main() -> int:
                "--concurrency", "100", "--log-level", "warning"]
         if args.py_spy:
             spy = Path(sys.executable).with_name("py-spy")
-            cmd = [str(spy), "record", "--idle", "--rate", "1000", "-o", args.py_spy, "--", *cmd]
+            fmt = "raw" if args.py_spy.endswith(".txt") else "flamegraph"  # raw: collapsed stacks
+            # --nonblocking: sampling must not stop the worker (that would be the latency seen)
+            cmd = [str(spy), "record", "--idle", "--nonblocking", "--rate", "250", "--format", fmt,
+                   "-o", args.py_spy, "--", *cmd]
         worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
         try:
             client_queue = Queue(server.url(), name="bench")  # the client's handle on this server
