@@ -412,8 +412,10 @@ def growth_report(run: Run, p: Params) -> bool:
     rows = {t: growth_rows(f) + soak_rows(f) for t, f in run.results.items()}
     if not any(rows.values()):
         return True
-    table = Table(title=f"as the store grows: empty store vs {p.growth:,} finished + {p.growth // 10:,} "
-                        "delayed jobs (soak: one worker's RSS)", title_justify="left")
+    grown = any("store_finished" in f for f in run.results.values())
+    title = (f"as the store grows: an empty store vs {p.growth:,} finished + {p.growth // 10:,} delayed "
+             "jobs" if grown else "memory over a long run")
+    table = Table(title=title, title_justify="left")
     for col, just in (("target", "left"), ("figure", "left"), ("empty", "right"), ("grown", "right"),
                       ("grown/empty", "right"), ("goal", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]

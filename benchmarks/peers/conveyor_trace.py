@@ -43,6 +43,7 @@ from conveyor.worker import attempt
 
 TRACE = "bench:trace"
 MARKS: dict[str, dict[str, float]] = {}  # job id -> stage -> time.time(), in the worker
+STEPS = [0]  # event-loop iterations so far, in the worker: a cost the machine's load cannot blur
 
 queue = Queue(url(), name="bench")
 _client: redis.Redis | None = None
@@ -56,7 +57,8 @@ def _install_stamps() -> None:
     def stamped_on_hand(self: Any, worker: str, data: str) -> None:
         now = time.time()
         with contextlib.suppress(ValueError, IndexError, TypeError):
-            MARKS.setdefault(str(json.loads(data)[0]), {})["pushed"] = now
+            marks = MARKS.setdefault(str(json.loads(data)[0]), {})
+            marks["pushed"], marks["pushed_step"] = now, STEPS[0]
         on_hand(self, worker, data)
 
     async def stamped_claim(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -64,12 +66,20 @@ def _install_stamps() -> None:
         now = time.time()
         for r in records:
             marks = MARKS.setdefault(r.id, {})
-            marks["claimed"] = now
+            marks["claimed"], marks["claimed_step"] = now, STEPS[0]
             if r.started_at is not None:
                 marks["script"] = r.started_at.timestamp()
         return records
 
     backend_cls._on_hand, backend_cls.claim = stamped_on_hand, stamped_claim
+    loop_cls: Any = asyncio.BaseEventLoop
+    run_once = loop_cls._run_once
+
+    def counted_run_once(self: Any) -> None:
+        STEPS[0] += 1
+        run_once(self)
+
+    loop_cls._run_once = counted_run_once
     runner_cls: Any = attempt.Runner
     launch = runner_cls.launch
 
@@ -83,14 +93,15 @@ def _install_stamps() -> None:
 @queue.task(name="pickup")
 async def pickup(sent: float) -> None:
     """Stamp the start, then the job's one Redis write: its trace."""
-    started = time.time()
+    started, step = time.time(), STEPS[0]
     task = asyncio.current_task()
     job_id = task.get_name().rsplit(":", 1)[-1] if task is not None else "?"
     global _client
     if _client is None:
         _client = redis.Redis.from_url(url())
     marks = MARKS.pop(job_id, {})
-    _client.rpush(TRACE, json.dumps({"id": job_id, "sent": sent, "started": started, **marks}))
+    _client.rpush(TRACE, json.dumps({"id": job_id, "sent": sent, "started": started,
+                                     "started_step": step, **marks}))
 
 
 if os.environ.get("CONVEYOR_TRACE_WORKER") == "1":
@@ -166,6 +177,10 @@ def summary(rows: list[dict[str, float]]) -> str:
             continue
         cuts = statistics.quantiles(got, n=100, method="inclusive")
         lines.append(f"{label:<46} {statistics.median(got):8.3f} {cuts[89]:8.3f} {cuts[98]:8.3f}")
+    steps = [r["started_step"] - r["pushed_step"] for r in rows if "pushed_step" in r]
+    if steps:
+        lines.append(f"event-loop steps from the hand-off's arrival to the task's first line: "
+                     f"median {statistics.median(steps):g}, max {max(steps)}")
     return "\n".join(lines)
 
 
