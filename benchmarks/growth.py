@@ -23,7 +23,7 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
@@ -36,6 +36,7 @@ from conveyor.backends.base import Ack, Backend, Lease
 from conveyor.model import ErrorInfo, JobRecord, JobStatus, new_id, utcnow
 
 SEED_BATCH = 1_000  # jobs per enqueue / claim / complete while seeding (Redis scripts chunk at ~4k)
+SEEDERS = 2
 LIVE_QUEUED = 1_000
 LIVE_RUNNING = 100
 CLAIM_BATCH = 100
@@ -69,9 +70,13 @@ class Live:
         self.queue, self.template = queue, template
         self.backend: Backend = queue.backend
         self.running: list[JobRecord] = []
+        # the template's fields, for building copies faster than dataclasses.replace (1M of them)
+        self._fields = {f.name: getattr(template, f.name) for f in fields(template)}
 
     def records(self, n: int, **changes: Any) -> list[JobRecord]:
-        return [replace(self.template, id=new_id(), enqueued_at=utcnow(), **changes) for _ in range(n)]
+        """``n`` copies of the template, each with a fresh id and enqueue time."""
+        base = {**self._fields, **changes}
+        return [JobRecord(**{**base, "id": new_id(), "enqueued_at": utcnow()}) for _ in range(n)]
 
     async def setup(self) -> None:
         await self.backend.enqueue(self.records(LIVE_RUNNING))
@@ -117,15 +122,26 @@ async def measure_figures(live: Live, rounds: int) -> dict[str, float]:
 
 # -- growing the store -----------------------------------------------------------------------------
 async def seed_finished(live: Live, n: int) -> None:
-    """``n`` jobs through enqueue, claim and complete, in batches, as a worker would finish them."""
+    """``n`` jobs through enqueue, claim and complete, in batches, as a worker would finish them.
+
+    Two seeders run side by side, so one builds and decodes records while the store works for the
+    other; a claim may take the other's jobs, which is fine: a last sweep claims whatever is left.
+    """
     backend, name = live.backend, live.queue.name
-    for done in range(0, n, SEED_BATCH):
-        batch = live.records(min(SEED_BATCH, n - done))
-        await backend.enqueue(batch)
-        claimed = await backend.claim([name], "bench-seed", len(batch), LEASE)
-        if {r.id for r in claimed} != {r.id for r in batch}:
-            raise RuntimeError("the seed claimed other jobs than its own (is a worker running?)")
-        await backend.complete([Ack(r.id, r.lease_token or "", None) for r in claimed])
+    sizes = [min(SEED_BATCH, n - done) for done in range(0, n, SEED_BATCH)]
+
+    async def seeder(worker: str, mine: list[int]) -> None:
+        for size in mine:
+            await backend.enqueue(live.records(size))
+            claimed = await backend.claim([name], worker, size, LEASE)
+            await backend.complete([Ack(r.id, r.lease_token or "", None) for r in claimed])
+
+    names = [f"bench-seed-{i}" for i in range(SEEDERS)]
+    await asyncio.gather(*(seeder(w, sizes[i::SEEDERS]) for i, w in enumerate(names)))
+    for worker in names:  # jobs the other seeder took, or that were handed to an idle name
+        while claimed := await backend.claim([name], worker, SEED_BATCH, LEASE):
+            await backend.complete([Ack(r.id, r.lease_token or "", None) for r in claimed])
+        await backend.retire(worker)
 
 
 async def seed_unhappy(live: Live, failed: int, dead: int, cancelled: int) -> None:
