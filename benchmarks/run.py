@@ -287,8 +287,9 @@ MEASUREMENTS: dict[str, Measurement] = {
 #: measurements run once whatever --repeat says (they take minutes), and on these targets unless
 #: --targets names others
 ONCE: dict[str, set[str]] = {"growth": {"sqlite-full", "redis"}, "soak": {"sqlite-full", "redis"}}
-#: what a plain run measures (the soak only with --soak)
-DEFAULT_ONLY = [m for m in MEASUREMENTS if m != "soak"]
+#: what a run measures unless --only says otherwise: growth only in a plain run (no --targets, as
+#: `make bench` runs it), since it takes minutes; the soak only with --soak
+QUICK = [m for m in MEASUREMENTS if m not in ONCE]
 
 
 # -- running, saving, comparing ---------------------------------------------------------------------
@@ -432,8 +433,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help=f"comma-separated, from {sorted(TARGETS)} (default: all)")
-    parser.add_argument("--only", default=",".join(DEFAULT_ONLY),
-                        help=f"comma-separated, from {list(MEASUREMENTS)} (default: all but soak)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated, from {list(MEASUREMENTS)} (default: {','.join(QUICK)}, "
+                             "plus growth when no --targets is given, as in `make bench`)")
     parser.add_argument("--growth", type=int, default=Params.growth,
                         help="finished jobs in the grown store (a tenth as many delayed; e.g. 20000 "
                              "for a quick check)")
@@ -453,7 +455,9 @@ def main() -> int:
     parser.add_argument("--no-save", action="store_true", help="print only; write no results file")
     args = parser.parse_args()
 
-    only = args.only.split(",")
+    every_target = args.targets != parser.get_default("targets")
+    default_only = QUICK if every_target else [*QUICK, "growth"]
+    only = args.only.split(",") if args.only is not None else list(default_only)
     if args.soak and "soak" not in only:
         only.append("soak")
     unknown = set(args.targets.split(",")) - set(TARGETS) | set(only) - set(MEASUREMENTS)
@@ -464,7 +468,6 @@ def main() -> int:
     p = Params(jobs=args.jobs, concurrency=args.concurrency, samples=args.samples, single=args.single,
                repeat=args.repeat, growth=args.growth, growth_rounds=args.growth_rounds,
                soak=args.soak or Params.soak, worker_prefix=tuple(args.worker_prefix.split()))
-    every_target = args.targets != parser.get_default("targets")
     run = asyncio.run(run_all([TARGETS[t] for t in args.targets.split(",")], only, p,
                               every_target=every_target))
 
