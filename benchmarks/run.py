@@ -57,6 +57,9 @@ class Params:
     concurrency: int = 100  # the draining worker's --concurrency
     samples: int = 300  # pickup latency samples
     repeat: int = 3  # runs of each measurement; the median of each figure is kept
+    growth: int = 1_000_000  # finished jobs in the grown store (and a tenth as many delayed)
+    growth_rounds: int = 50  # timed calls of each growth figure (claims; enqueues are twice that)
+    soak: int = 1_000_000  # jobs one worker runs while its RSS is read (only with --soak)
     worker_prefix: tuple[str, ...] = ()  # e.g. ("py-spy", "record", "-o", "x.svg", "--")
 
 
@@ -135,7 +138,9 @@ def _take_log(log: Path) -> str:
 
 
 @asynccontextmanager
-async def worker_process(url: str, concurrency: int, params: Params) -> AsyncIterator[None]:
+async def worker_process(
+    url: str, concurrency: int, params: Params
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run ``python -m conveyor worker`` on ``url`` until the block ends; fail if it dies early."""
     log, fd = _new_log()
     cmd = [*params.worker_prefix, sys.executable, "-m", "conveyor", "worker", APP,
@@ -149,7 +154,7 @@ async def worker_process(url: str, concurrency: int, params: Params) -> AsyncIte
         os.close(fd)
     early: int | None = None
     try:
-        yield
+        yield proc
         early = proc.returncode
     finally:
         if proc.returncode is None:
@@ -256,13 +261,35 @@ async def measure_pickup(url: str, p: Params) -> dict[str, float]:
             "pickup_mean_ms": statistics.fmean(latencies), "pickup_max_ms": max(latencies)}
 
 
+async def measure_growth(url: str, p: Params) -> dict[str, float]:
+    """The same figures on an empty store and on one grown to ``p.growth`` finished jobs (growth.py)."""
+    from benchmarks.growth import measure_growth as growth
+
+    return await growth(url, p.growth, p.growth_rounds)
+
+
+async def measure_soak(url: str, p: Params) -> dict[str, float]:
+    """One worker process's RSS over ``p.soak`` jobs (soak.py)."""
+    from benchmarks.soak import measure_soak as soak
+
+    return await soak(url, p.soak, lambda: worker_process(url, p.concurrency, p))
+
+
 Measurement = Callable[[str, Params], Awaitable[dict[str, float]]]
 MEASUREMENTS: dict[str, Measurement] = {
     "enqueue_single": measure_enqueue_single,
     "enqueue_batch": measure_enqueue_batch,
     "drain": measure_drain,
     "pickup": measure_pickup,
+    "growth": measure_growth,
+    "soak": measure_soak,
 }
+#: measurements run once whatever --repeat says (they take minutes), and on these targets unless
+#: --targets names others
+ONCE: dict[str, set[str]] = {"growth": {"sqlite-full", "redis"}, "soak": {"sqlite-full", "redis"}}
+#: what a run measures unless --only says otherwise: growth only in a plain run (no --targets, as
+#: `make bench` runs it), since it takes minutes; the soak only with --soak
+QUICK = [m for m in MEASUREMENTS if m not in ONCE]
 
 
 # -- running, saving, comparing ---------------------------------------------------------------------
@@ -292,7 +319,8 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "cpus": os.cpu_count()}
 
 
-async def run_all(targets: list[Target], names: list[str], p: Params) -> Run:
+async def run_all(targets: list[Target], names: list[str], p: Params, *,
+                  every_target: bool = False) -> Run:
     dirty = "+dirty" if _git("status", "--porcelain", "--untracked-files=no", "src") else ""
     run = Run(when=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), commit=_git("rev-parse", "--short",
               "HEAD") + dirty, machine=machine(), params={k: v for k, v in asdict(p).items()
@@ -301,11 +329,16 @@ async def run_all(targets: list[Target], names: list[str], p: Params) -> Run:
     for target in targets:
         raw: dict[str, list[float]] = {}
         for name in names:
-            for i in range(p.repeat):
-                console.print(f"[dim]{target.name}: {name} {i + 1}/{p.repeat}…[/]", end=" ")
+            if name in ONCE and not every_target and target.name not in ONCE[name]:
+                continue
+            repeat = 1 if name in ONCE else p.repeat
+            for i in range(repeat):
+                console.print(f"[dim]{target.name}: {name} {i + 1}/{repeat}…[/]", end=" ")
                 with target.fresh() as url:
                     got = await MEASUREMENTS[name](url, p)
-                console.print(", ".join(f"{k} {v:,.1f}" for k, v in got.items()))
+                shown = list(got.items()) if len(got) <= 8 else [(k, v) for k, v in got.items()
+                                                                 if "@" not in k][:6]
+                console.print(", ".join(f"{k} {v:,.1f}" for k, v in shown))
                 for k, v in got.items():
                     raw.setdefault(k, []).append(round(v, 3))
         run.raw[target.name] = raw
@@ -367,16 +400,49 @@ def report(run: Run, p: Params, before: tuple[str, dict[str, Any]] | None) -> bo
             table.add_row(target_name, label.format(**asdict(p)), f"{now:,.1f}",
                           f"{prev:,.1f}" if prev else "-", change, goal_text)
         table.add_section()
+    if table.row_count:
+        console.print(table)
+    return growth_report(run, p) and all_met
+
+
+def growth_report(run: Run, p: Params) -> bool:
+    """The growth and soak figures, empty store beside grown store; False if a goal was missed."""
+    from benchmarks.growth import growth_rows
+    from benchmarks.soak import soak_rows
+
+    rows = {t: growth_rows(f) + soak_rows(f) for t, f in run.results.items()}
+    if not any(rows.values()):
+        return True
+    grown = any("store_finished" in f for f in run.results.values())
+    title = (f"as the store grows: an empty store vs {p.growth:,} finished + {p.growth // 10:,} delayed "
+             "jobs" if grown else "memory over a long run")
+    table = Table(title=title, title_justify="left")
+    for col, just in (("target", "left"), ("figure", "left"), ("empty", "right"), ("grown", "right"),
+                      ("grown/empty", "right"), ("goal", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for target_name, target_rows in rows.items():
+        for row in target_rows:
+            table.add_row(target_name, *row)
+        if target_rows:
+            table.add_section()
     console.print(table)
-    return all_met
+    return not any("MISSED" in row[-1] for target_rows in rows.values() for row in target_rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help=f"comma-separated, from {sorted(TARGETS)} (default: all)")
-    parser.add_argument("--only", default=",".join(MEASUREMENTS),
-                        help=f"comma-separated, from {list(MEASUREMENTS)} (default: all)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated, from {list(MEASUREMENTS)} (default: {','.join(QUICK)}, "
+                             "plus growth when no --targets is given, as in `make bench`)")
+    parser.add_argument("--growth", type=int, default=Params.growth,
+                        help="finished jobs in the grown store (a tenth as many delayed; e.g. 20000 "
+                             "for a quick check)")
+    parser.add_argument("--growth-rounds", type=int, default=Params.growth_rounds,
+                        help="timed calls of each growth figure")
+    parser.add_argument("--soak", type=int, nargs="?", const=Params.soak, default=0, metavar="JOBS",
+                        help=f"also measure one worker's RSS over JOBS jobs (default {Params.soak:,})")
     parser.add_argument("--jobs", type=int, default=Params.jobs, help="jobs to drain")
     parser.add_argument("--concurrency", type=int, default=Params.concurrency,
                         help="the draining worker's --concurrency")
@@ -389,13 +455,21 @@ def main() -> int:
     parser.add_argument("--no-save", action="store_true", help="print only; write no results file")
     args = parser.parse_args()
 
-    unknown = set(args.targets.split(",")) - set(TARGETS) | set(args.only.split(",")) - set(MEASUREMENTS)
+    every_target = args.targets != parser.get_default("targets")
+    default_only = QUICK if every_target else [*QUICK, "growth"]
+    only = args.only.split(",") if args.only is not None else list(default_only)
+    if args.soak and "soak" not in only:
+        only.append("soak")
+    unknown = set(args.targets.split(",")) - set(TARGETS) | set(only) - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown target or measurement: {sorted(unknown)}")
+    if "growth" in only and args.growth < 2_000:
+        parser.error("--growth needs at least 2,000 jobs")
     p = Params(jobs=args.jobs, concurrency=args.concurrency, samples=args.samples, single=args.single,
-               repeat=args.repeat,
-               worker_prefix=tuple(args.worker_prefix.split()))
-    run = asyncio.run(run_all([TARGETS[t] for t in args.targets.split(",")], args.only.split(","), p))
+               repeat=args.repeat, growth=args.growth, growth_rounds=args.growth_rounds,
+               soak=args.soak or Params.soak, worker_prefix=tuple(args.worker_prefix.split()))
+    run = asyncio.run(run_all([TARGETS[t] for t in args.targets.split(",")], only, p,
+                              every_target=every_target))
 
     before = previous_run()
     all_met = report(run, p, before)

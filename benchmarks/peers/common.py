@@ -10,6 +10,10 @@ line of the library's standard worker. :func:`main` then measures, in this order
 3. **pickup**: with the worker idle, one ``pickup(time.time())`` at a time; the job records how
    long after ``sent`` it started (one machine, one clock).
 
+With ``--steady SAMPLES`` it measures pickup under steady load instead (:func:`steady`): jobs
+arrive at a fixed rate, one every 5 ms on an absolute timeline, each doing one Redis write of its
+own, while the worker keeps up.
+
 It prints one JSON object. The Redis URL comes from ``$BENCH_REDIS_URL``.
 """
 
@@ -55,7 +59,10 @@ def stamp(name: str) -> None:
 
 
 def record_pickup(sent: float) -> None:
-    """Inside a task, first thing: how long after ``sent`` (seconds since the epoch) it started."""
+    """Inside a task, first thing: how long after ``sent`` (seconds since the epoch) it started.
+
+    This is also the job's own I/O under steady load: one write, on the task's own Redis client.
+    """
     _redis().rpush(LATENCIES, repr(time.time() - sent))
 
 
@@ -96,6 +103,77 @@ async def _wait_key(key: str, timeout: float, worker: subprocess.Popen[bytes]) -
         await asyncio.sleep(0.05)
 
 
+def _start_worker(peer: Peer, sink: Any) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": url()}
+    return subprocess.Popen(
+        peer.worker, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+
+
+def _stop_worker(peer: Peer, worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(peer.stop_signal)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"pickup_p50_ms": round(statistics.median(latencies), 3), "pickup_p99_ms": round(cuts[98], 3)}
+
+
+STEADY_INTERVAL = 0.005  # one arrival every 5 ms
+STEADY_WARMUP = 20
+
+
+async def steady(peer: Peer, samples: int, log: Path) -> dict[str, Any]:
+    """Pickup latency with a job arriving every 5 ms; each job does one Redis write of its own.
+
+    Arrival ``i`` is due at ``t0 + i * 5 ms`` on the monotonic clock, so an enqueue that runs late
+    does not push later arrivals back (``late_ms`` says how late the client was, at worst). Each job
+    carries ``time.time()`` taken just before its enqueue and, first thing, pushes how long after
+    that it started onto a Redis list with its own client (its one I/O). The client collects the
+    list at the end, so it never waits for a job between arrivals.
+    """
+    await peer.open()
+    try:
+        with log.open("wb") as sink:
+            worker = _start_worker(peer, sink)
+        try:
+            for _ in range(STEADY_WARMUP):  # the worker is up and warm, then idle
+                await peer.enqueue("pickup", time.time())
+                if _redis().blpop([LATENCIES], timeout=120) is None:
+                    raise TimeoutError(f"{peer.name}: a warm-up job did not start within 120 s")
+            await asyncio.sleep(0.5)
+            late = []
+            t0 = time.perf_counter() + 0.01
+            for i in range(samples):
+                due = t0 + i * STEADY_INTERVAL
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                late.append(time.perf_counter() - due)
+                await peer.enqueue("pickup", time.time())
+            deadline = time.monotonic() + 60
+            while _redis().llen(LATENCIES) < samples:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"the worker exited ({worker.returncode})")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{peer.name}: not every steady job started within 60 s")
+                await asyncio.sleep(0.05)
+            latencies = [float(v) * 1000 for v in _redis().lrange(LATENCIES, 0, -1)]
+            _redis().delete(LATENCIES)
+        finally:
+            _stop_worker(peer, worker)
+    finally:
+        await peer.close()
+    return {"peer": peer.name, "version": peer.version, "notes": peer.notes, "samples": samples,
+            "late_ms": round(max(late) * 1000, 3), "latencies_ms": [round(v, 4) for v in latencies],
+            **_percentiles(latencies)}
+
+
 async def measure(peer: Peer, jobs: int, samples: int, log: Path) -> dict[str, Any]:
     """Enqueue, drain and pickup figures for one peer (see the module docstring)."""
     jobs = min(jobs, peer.max_jobs or jobs)
@@ -109,13 +187,8 @@ async def measure(peer: Peer, jobs: int, samples: int, log: Path) -> dict[str, A
         await peer.enqueue("stamp", "end")
         enqueue_rate = jobs / (time.perf_counter() - start)
 
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": url()}
         with log.open("wb") as sink:
-            # a blocking Popen is fine here: nothing else runs on this loop meanwhile
-            worker = subprocess.Popen(  # noqa: ASYNC220
-                peer.worker, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+            worker = _start_worker(peer, sink)
         try:
             began = await _wait_key("bench:start", 120, worker)
             ended = await _wait_key("bench:end", max(600.0, jobs / 20), worker)
@@ -129,28 +202,25 @@ async def measure(peer: Peer, jobs: int, samples: int, log: Path) -> dict[str, A
                     raise TimeoutError("a pickup job did not start within 30 s")
                 latencies.append(float(got[1]) * 1000)
         finally:
-            worker.send_signal(peer.stop_signal)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            _stop_worker(peer, worker)
     finally:
         await peer.close()
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "peer": peer.name, "version": peer.version, "notes": peer.notes, "jobs": jobs,
         "samples": samples,
         "enqueue_jobs_per_s": round(enqueue_rate, 1),
         "drain_jobs_per_s": round(jobs / (ended - began), 1),
-        "pickup_p50_ms": round(statistics.median(latencies), 3),
-        "pickup_p99_ms": round(cuts[98], 3),
+        **_percentiles(latencies),
     }
 
 
 def main(peer: Peer) -> None:
-    """``python -m benchmarks.peers.<name> JOBS SAMPLES``: print the figures as JSON."""
+    """``python -m benchmarks.peers.<name> JOBS SAMPLES`` (or ``--steady SAMPLES``): print JSON."""
+    log = Path(os.environ.get("BENCH_WORKER_LOG", f"/tmp/bench-{peer.name}.log"))
+    if len(sys.argv) > 1 and sys.argv[1] == "--steady":
+        samples = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+        print(json.dumps(asyncio.run(steady(peer, samples, log))))
+        return
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-    log = Path(os.environ.get("BENCH_WORKER_LOG", f"/tmp/bench-{peer.name}.log"))
     print(json.dumps(asyncio.run(measure(peer, jobs, samples, log))))
