@@ -4,7 +4,12 @@
 could not keep their promise with it. Here each child runs one job at a time; cancelling a job
 kills its child and a fresh one takes its place. Children are started with ``spawn`` (safe beside
 threads) and find a task by importing its module, so a ``cpu=True`` task must be a module-level
-function. Messages are JSON over a pipe: nothing is pickled.
+function (decorated, or registered with ``queue.task(cpu=True)(fn)``). Messages are JSON over a
+pipe: nothing is pickled.
+
+Children ignore SIGINT and SIGTERM: a Ctrl-C or a service stop reaches the whole process group,
+and shutdown is the worker's call (drain within grace, then kill and put back). A child whose
+worker is gone exits on its own.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -24,18 +33,31 @@ from typing import Any
 from conveyor.errors import ConfigError
 from conveyor.model import ErrorInfo
 
-__all__ = ["ProcessPool", "RemoteError"]
+__all__ = ["ChildInterrupted", "ProcessPool", "RemoteError"]
 
 
 class RemoteError(Exception):
-    """A task raised in a child process; ``info`` is its stored form (type, message, traceback)."""
+    """A task raised in a child process; ``info`` is its stored form (type, message, traceback).
 
-    def __init__(self, info: dict[str, str]) -> None:
+    ``permanent`` is true when another attempt cannot help (bad arguments, an unencodable result).
+    """
+
+    def __init__(self, info: dict[str, str], *, permanent: bool = False) -> None:
         super().__init__(info.get("message", ""))
         self.info: ErrorInfo = {
             "type": info.get("type", "Exception"), "message": info.get("message", ""),
             "traceback": info.get("traceback", ""),
         }
+        self.permanent = permanent
+
+
+class ChildInterrupted(Exception):
+    """A child process was ended by SIGINT, SIGTERM or SIGHUP: shutdown, not the task's failure."""
+
+
+# signals that mean "stop" when they reach a child with its process group (Ctrl-C, `timeout`,
+# systemd's stop): the worker decides about shutdown, so a child that died of one is put back
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
@@ -49,40 +71,73 @@ def _resolve(module_name: str, qualname: str) -> Any:
     return obj
 
 
-def _child(conn: multiprocessing.connection.Connection) -> None:
+def _watch_parent(parent: int) -> None:
+    """Exit when the worker that started this child is gone (nothing is left to report to)."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _child(conn: multiprocessing.connection.Connection, parent: int) -> None:
     """Child main loop: run one job per request until the pipe closes."""
+    # Ctrl-C and SIGTERM to the whole process group are the worker's to handle: it drains or
+    # puts back this job, and kills this process when it decides to
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
     from conveyor.context import Context
-    from conveyor.serde import error_info
+    from conveyor.errors import ArgumentError, NotSerializable, UnknownTask
+    from conveyor.serde import TaskSignature, error_info
     from conveyor.task import Task
+
+    permanent = (ArgumentError, NotSerializable, UnknownTask)
+    signatures: dict[tuple[str, str], tuple[Any, TaskSignature]] = {}
+
+    def find(module: str, qualname: str, name: str) -> tuple[Any, TaskSignature]:
+        found = signatures.get((module, qualname))
+        if found is None:
+            obj = _resolve(module, qualname)
+            if isinstance(obj, Task):
+                found = (obj.fn, obj.signature)
+            elif callable(obj):  # registered as queue.task(cpu=True)(fn): the plain function
+                found = (obj, TaskSignature(obj, context_type=Context, name=name))
+            else:
+                raise ConfigError(f"{module}.{qualname} is not a function in the child process")
+            signatures[(module, qualname)] = found
+        return found
+
+    def report(fraction: float, message: str) -> None:
+        conn.send_bytes(json.dumps({"progress": [fraction, message]}).encode())
 
     while True:
         try:
             request = json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
+        reply: str
         try:
-            task = _resolve(request["module"], request["qualname"])
-            if not isinstance(task, Task):
-                raise ConfigError(
-                    f"{request['module']}.{request['qualname']} is not a conveyor task in the child"
-                )
+            name = request["name"]
+            fn, signature = find(request["module"], request["qualname"], name)
             injected: dict[str, Any] = {}
-            if task.signature.context_params:
-
-                def report(fraction: float, message: str) -> None:
-                    conn.send_bytes(json.dumps({"progress": [fraction, message]}).encode())
-
+            if signature.context_params:
                 ctx = Context(
-                    job_id=request["job_id"], task=task.name, queue=request["queue"],
+                    job_id=request["job_id"], task=name, queue=request["queue"],
                     attempt=request["attempt"], report=report,
                 )
-                injected = dict.fromkeys(task.signature.context_params, ctx)
-            args, kwargs = task.signature.decode(request["args"], request["kwargs"], injected)
-            value = task.signature.encode_result(task.fn(*args, **kwargs))
-            reply: dict[str, Any] = {"ok": value}
-        except BaseException as exc:
-            reply = {"error": error_info(exc)}
-        conn.send_bytes(json.dumps(reply).encode())
+                injected = dict.fromkeys(signature.context_params, ctx)
+            args, kwargs = signature.decode(request["args"], request["kwargs"], injected)
+            value = signature.encode_result(fn(*args, **kwargs))
+            try:
+                reply = json.dumps({"ok": value}, separators=(",", ":"), allow_nan=False)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise NotSerializable(
+                    f"{name}() return value cannot be stored as JSON: {exc}"
+                ) from None
+        except BaseException as exc:  # the task's own SystemExit, KeyboardInterrupt... too
+            reply = json.dumps({"error": error_info(exc), "permanent": isinstance(exc, permanent)})
+        conn.send_bytes(reply.encode())
 
 
 @dataclass(slots=True, eq=False)
@@ -100,45 +155,81 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._slots: asyncio.Semaphore | None = None
         self._all: set[_Child] = set()
+        self._lock = threading.Lock()  # children are started in executor threads
+        self._closed = False
 
     def _start_child(self) -> _Child:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_child, args=(child,), daemon=True, name="conveyor-cpu")
+        process = self._ctx.Process(
+            target=_child, args=(child, os.getpid()), daemon=True, name="conveyor-cpu"
+        )
         process.start()
         child.close()
         started = _Child(process, parent)
-        self._all.add(started)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._all.add(started)
+        if closed:  # the pool closed while this one was starting: it must not outlive it
+            self._kill(started)
+            raise RuntimeError("the process pool is closed")
         return started
 
     def _kill(self, child: _Child) -> None:
-        self._all.discard(child)
+        with self._lock:
+            self._all.discard(child)
         with contextlib.suppress(Exception):
             child.process.kill()
         with contextlib.suppress(Exception):
             child.conn.close()
 
+    async def _checkout(self, loop: asyncio.AbstractEventLoop) -> _Child:
+        """An idle child, or a new one; a child still starting when the caller is cancelled is kept."""
+        if self._idle:
+            return self._idle.pop()
+        starting = loop.run_in_executor(None, self._start_child)
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(self._adopt)
+            raise
+
+    def _adopt(self, starting: asyncio.Future[_Child]) -> None:
+        """A child started for a cancelled job: idle for the next one, or killed if the pool closed."""
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        child = starting.result()
+        if self._closed:
+            self._kill(child)
+        else:
+            self._idle.append(child)
+
     async def run(
-        self, task: Any, record: Any, report: Any = None,
+        self, task: Any, record: Any, report: Callable[[float, str], object] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> Any:
         """Run ``task`` on the stored arguments of ``record`` in a child; return its JSON result.
 
+        ``on_start`` is called once the child has the job (its timeout counts from there).
         Cancelling the awaiting coroutine kills the child. A task error is raised as
-        :class:`RemoteError`.
+        :class:`RemoteError`; a child ended by a stop signal as :class:`ChildInterrupted`.
         """
+        if self._closed:
+            raise RuntimeError("the process pool is closed")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         loop = asyncio.get_running_loop()
         request = json.dumps({
-            "module": task.fn.__module__, "qualname": task.fn.__qualname__,
+            "module": task.fn.__module__, "qualname": task.fn.__qualname__, "name": task.name,
             "args": record.args, "kwargs": record.kwargs, "job_id": record.id,
             "queue": record.queue, "attempt": record.attempts,
         }).encode()
         async with self._slots:
-            child = self._idle.pop() if self._idle else await loop.run_in_executor(
-                None, self._start_child
-            )
+            child = await self._checkout(loop)
             try:
                 await loop.run_in_executor(None, child.conn.send_bytes, request)
+                if on_start is not None:
+                    on_start()
                 while True:
                     raw = await loop.run_in_executor(None, child.conn.recv_bytes)
                     reply = json.loads(raw)
@@ -146,27 +237,39 @@ class ProcessPool:
                         if report is not None:
                             fraction, message = reply["progress"]
                             with contextlib.suppress(Exception):
-                                await report(fraction, message)
+                                report(fraction, message)
                         continue
                     break
             except asyncio.CancelledError:
                 self._kill(child)
                 raise
             except (EOFError, OSError) as exc:
+                # reap it to learn how it ended (a stop signal is shutdown, not a task failure)
+                await loop.run_in_executor(None, child.process.join, 2.0)
                 code = child.process.exitcode
                 self._kill(child)
+                if code is not None and -code in _STOP_SIGNALS:
+                    raise ChildInterrupted(
+                        f"the task's process was ended by {signal.Signals(-code).name}"
+                    ) from None
                 raise RemoteError({
                     "type": "ProcessDied",
                     "message": f"the task's process ended unexpectedly (exit code {code}): {exc!r}",
                     "traceback": "",
                 }) from None
-            self._idle.append(child)
+            if self._closed:
+                self._kill(child)
+            else:
+                self._idle.append(child)
         if "error" in reply:
-            raise RemoteError(reply["error"])
+            raise RemoteError(reply["error"], permanent=bool(reply.get("permanent")))
         return reply["ok"]
 
     def close(self) -> None:
-        """Stop every child."""
-        for child in list(self._all):
+        """Stop every child, and any that is still starting."""
+        with self._lock:
+            self._closed = True
+            children = list(self._all)
+        for child in children:
             self._kill(child)
         self._idle.clear()
