@@ -157,6 +157,7 @@ class ProcessPool:
         self._all: set[_Child] = set()
         self._lock = threading.Lock()  # children are started in executor threads
         self._closed = False
+        self._orphans: list[asyncio.Future[_Child]] = []  # starting for jobs cancelled meanwhile
 
     def _start_child(self) -> _Child:
         parent, child = self._ctx.Pipe()
@@ -184,18 +185,26 @@ class ProcessPool:
             child.conn.close()
 
     async def _checkout(self, loop: asyncio.AbstractEventLoop) -> _Child:
-        """An idle child, or a new one; a child still starting when the caller is cancelled is kept."""
+        """An idle child, or one still starting for a cancelled job, or a new one."""
         if self._idle:
             return self._idle.pop()
-        starting = loop.run_in_executor(None, self._start_child)
+        if self._orphans:
+            starting = self._orphans.pop()
+        else:
+            starting = loop.run_in_executor(None, self._start_child)
         try:
             return await asyncio.shield(starting)
         except asyncio.CancelledError:
+            # the child starts anyway: the next job takes it, or it waits idle (killed on close)
+            self._orphans.append(starting)
             starting.add_done_callback(self._adopt)
             raise
 
     def _adopt(self, starting: asyncio.Future[_Child]) -> None:
-        """A child started for a cancelled job: idle for the next one, or killed if the pool closed."""
+        """A child started for a cancelled job that no later job took: idle, or killed if closed."""
+        if starting not in self._orphans:
+            return
+        self._orphans.remove(starting)
         if starting.cancelled() or starting.exception() is not None:
             return
         child = starting.result()
