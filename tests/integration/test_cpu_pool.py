@@ -54,6 +54,8 @@ async def test_child_still_starting_when_the_pool_closes_is_killed() -> None:
     pool.close()
     with pytest.raises(asyncio.CancelledError):
         await running
+    # wait for the thread starting the child to be done with it, then look
+    await asyncio.get_running_loop().shutdown_default_executor()
     await until(lambda: not _cpu_children(), 10, "no child outlives the closed pool")
 
 
