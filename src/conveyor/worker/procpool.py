@@ -15,6 +15,7 @@ worker is gone exits on its own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib
 import json
@@ -25,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -58,6 +60,18 @@ class ChildInterrupted(Exception):
 # signals that mean "stop" when they reach a child with its process group (Ctrl-C, `timeout`,
 # systemd's stop): the worker decides about shutdown, so a child that died of one is put back
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# pools with children, killed at interpreter exit: multiprocessing's own exit hook would send them
+# SIGTERM, which they ignore, and then wait for them forever
+_live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hooked: list[bool] = []  # one entry once the hook is registered
+
+
+def _close_live_pools() -> None:
+    for pool in list(_live_pools):
+        pool.close()
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
@@ -160,6 +174,12 @@ class ProcessPool:
         self._orphans: list[asyncio.Future[_Child]] = []  # starting for jobs cancelled meanwhile
 
     def _start_child(self) -> _Child:
+        with _exit_hook:
+            if not _exit_hooked:
+                # registered after multiprocessing's hook, so it runs before it
+                atexit.register(_close_live_pools)
+                _exit_hooked.append(True)
+            _live_pools.add(self)
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_child, args=(child, os.getpid()), daemon=True, name="conveyor-cpu"
@@ -188,10 +208,9 @@ class ProcessPool:
         """An idle child, or one still starting for a cancelled job, or a new one."""
         if self._idle:
             return self._idle.pop()
-        if self._orphans:
-            starting = self._orphans.pop()
-        else:
-            starting = loop.run_in_executor(None, self._start_child)
+        starting = (
+            self._orphans.pop() if self._orphans else loop.run_in_executor(None, self._start_child)
+        )
         try:
             return await asyncio.shield(starting)
         except asyncio.CancelledError:
