@@ -130,6 +130,7 @@ def _child(conn: multiprocessing.connection.Connection, parent: int) -> None:
             request = json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
+        conn.send_bytes(b'{"started":true}')  # the job's timeout counts from here
         reply: str
         try:
             name = request["name"]
@@ -238,7 +239,8 @@ class ProcessPool:
     ) -> Any:
         """Run ``task`` on the stored arguments of ``record`` in a child; return its JSON result.
 
-        ``on_start`` is called once the child has the job (its timeout counts from there).
+        ``on_start`` is called once the child has taken the job up (a fresh child first has to
+        start Python): the job's timeout counts from there.
         Cancelling the awaiting coroutine kills the child. A task error is raised as
         :class:`RemoteError`; a child ended by a stop signal as :class:`ChildInterrupted`.
         """
@@ -256,11 +258,13 @@ class ProcessPool:
             child = await self._checkout(loop)
             try:
                 await loop.run_in_executor(None, child.conn.send_bytes, request)
-                if on_start is not None:
-                    on_start()
                 while True:
                     raw = await loop.run_in_executor(None, child.conn.recv_bytes)
                     reply = json.loads(raw)
+                    if "started" in reply:
+                        if on_start is not None:
+                            on_start()
+                        continue
                     if "progress" in reply:
                         if report is not None:
                             fraction, message = reply["progress"]
