@@ -17,23 +17,20 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import importlib
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from conveyor.errors import ConfigError
 from conveyor.model import ErrorInfo
+from conveyor.worker.child import child_main
 
 __all__ = ["ChildInterrupted", "ProcessPool", "RemoteError"]
 
@@ -74,87 +71,6 @@ def _close_live_pools() -> None:
         pool.close()
 
 
-def _resolve(module_name: str, qualname: str) -> Any:
-    if module_name == "__main__":
-        module = sys.modules.get("__mp_main__") or sys.modules["__main__"]
-    else:
-        module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _watch_parent(parent: int) -> None:
-    """Exit when the worker that started this child is gone (nothing is left to report to)."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-def _child(conn: multiprocessing.connection.Connection, parent: int) -> None:
-    """Child main loop: run one job per request until the pipe closes."""
-    # Ctrl-C and SIGTERM to the whole process group are the worker's to handle: it drains or
-    # puts back this job, and kills this process when it decides to
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-    from conveyor.context import Context
-    from conveyor.errors import ArgumentError, NotSerializable, UnknownTask
-    from conveyor.serde import TaskSignature, error_info
-    from conveyor.task import Task
-
-    permanent = (ArgumentError, NotSerializable, UnknownTask)
-    signatures: dict[tuple[str, str], tuple[Any, TaskSignature]] = {}
-
-    def find(module: str, qualname: str, name: str) -> tuple[Any, TaskSignature]:
-        found = signatures.get((module, qualname))
-        if found is None:
-            obj = _resolve(module, qualname)
-            if isinstance(obj, Task):
-                found = (obj.fn, obj.signature)
-            elif callable(obj):  # registered as queue.task(cpu=True)(fn): the plain function
-                found = (obj, TaskSignature(obj, context_type=Context, name=name))
-            else:
-                raise ConfigError(f"{module}.{qualname} is not a function in the child process")
-            signatures[(module, qualname)] = found
-        return found
-
-    def report(fraction: float, message: str) -> None:
-        conn.send_bytes(json.dumps({"progress": [fraction, message]}).encode())
-
-    while True:
-        try:
-            request = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        conn.send_bytes(b'{"started":true}')  # the job's timeout counts from here
-        reply: str
-        try:
-            name = request["name"]
-            fn, signature = find(request["module"], request["qualname"], name)
-            injected: dict[str, Any] = {}
-            if signature.context_params:
-                ctx = Context(
-                    job_id=request["job_id"], task=name, queue=request["queue"],
-                    attempt=request["attempt"], report=report,
-                )
-                injected = dict.fromkeys(signature.context_params, ctx)
-            args, kwargs = signature.decode(request["args"], request["kwargs"], injected)
-            value = signature.encode_result(fn(*args, **kwargs))
-            try:
-                reply = json.dumps({"ok": value}, separators=(",", ":"), allow_nan=False)
-            except (ValueError, TypeError, RecursionError) as exc:
-                raise NotSerializable(
-                    f"{name}() return value cannot be stored as JSON: {exc}"
-                ) from None
-        except BaseException as exc:  # the task's own SystemExit, KeyboardInterrupt... too
-            reply = json.dumps({"error": error_info(exc), "permanent": isinstance(exc, permanent)})
-        conn.send_bytes(reply.encode())
-
-
 @dataclass(slots=True, eq=False)
 class _Child:
     process: BaseProcess
@@ -183,7 +99,7 @@ class ProcessPool:
             _live_pools.add(self)
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_child, args=(child, os.getpid()), daemon=True, name="conveyor-cpu"
+            target=child_main, args=(child, os.getpid()), daemon=True, name="conveyor-cpu"
         )
         process.start()
         child.close()
@@ -266,7 +182,7 @@ class ProcessPool:
                             on_start()
                         continue
                     if "progress" in reply:
-                        if report is not None:
+                        if report is not None and reply.get("job") == record.id:
                             fraction, message = reply["progress"]
                             with contextlib.suppress(Exception):
                                 report(fraction, message)
