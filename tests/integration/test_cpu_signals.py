@@ -19,6 +19,14 @@ from .procs import Workers, process_gone, until
 pytestmark = pytest.mark.timeout(90)
 
 
+def _pid(pidfile: Path) -> int:
+    """The process id the cpu job wrote, or 0 while the file is missing or not yet written."""
+    try:
+        return int(pidfile.read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_stop_signal_to_the_process_group_lets_the_cpu_job_finish(
     app_queue: Queue, workers: Workers, tmp_path: Path, signum: int
@@ -27,12 +35,12 @@ async def test_stop_signal_to_the_process_group_lets_the_cpu_job_finish(
     pidfile = tmp_path / "burn.pid"
     job = await app_queue.tasks["burn"].enqueue(2.0, str(pidfile))
     proc = workers.start("--concurrency", "1", "--grace", "20")
-    await until(pidfile.exists, 30, "the cpu job started in its process")
+    await until(lambda: _pid(pidfile), 30, "the cpu job started in its process")
     os.killpg(proc.pid, signum)
     assert await proc.wait_exit(30) == 0, proc.output()[-3000:]
     info = await job.info()
     assert info.status == "succeeded", (info.status, info.error)
-    assert info.result == int(pidfile.read_text())
+    assert info.result == _pid(pidfile)
 
 
 async def test_stop_signal_to_the_group_past_grace_puts_the_cpu_job_back(
@@ -42,8 +50,8 @@ async def test_stop_signal_to_the_group_past_grace_puts_the_cpu_job_back(
     pidfile = tmp_path / "burn.pid"
     job = await app_queue.tasks["burn"].enqueue(60.0, str(pidfile))
     proc = workers.start("--concurrency", "1", "--grace", "1")
-    await until(pidfile.exists, 30, "the cpu job started in its process")
-    child = int(pidfile.read_text())
+    await until(lambda: _pid(pidfile), 30, "the cpu job started in its process")
+    child = _pid(pidfile)
     os.killpg(proc.pid, signal.SIGTERM)
     assert await proc.wait_exit(30) == 0, proc.output()[-3000:]
     await until(lambda: process_gone(child), 10, f"cpu process {child} killed")
@@ -58,8 +66,8 @@ async def test_cpu_child_exits_when_its_worker_dies(
     pidfile = tmp_path / "burn.pid"
     await app_queue.tasks["burn"].enqueue(60.0, str(pidfile))
     proc = workers.start("--concurrency", "1")
-    await until(pidfile.exists, 30, "the cpu job started in its process")
-    child = int(pidfile.read_text())
+    await until(lambda: _pid(pidfile), 30, "the cpu job started in its process")
+    child = _pid(pidfile)
     proc.signal(signal.SIGKILL)
     await proc.wait_exit(10)
     await until(lambda: process_gone(child), 10, f"orphaned cpu process {child} exits")
