@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["Context"]
 
-Reporter = Callable[[float, str], Awaitable[Any]]
+#: stores a report; may return an awaitable that completes once the report is stored
+Reporter = Callable[[float, str], Awaitable[Any] | None]
 
 
 class _Sent:
@@ -23,7 +24,7 @@ class _Sent:
 
     __slots__ = ("_task",)
 
-    def __init__(self, task: asyncio.Future[Any] | None) -> None:
+    def __init__(self, task: Awaitable[Any] | None) -> None:
         self._task = task
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -38,7 +39,7 @@ class Context:
 
     def __init__(
         self, *, job_id: str, task: str, queue: str, attempt: int,
-        report: Reporter | Callable[[float, str], None] | None = None,
+        report: Reporter | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.job_id = job_id
@@ -63,30 +64,33 @@ class Context:
     def progress(self, fraction: float, message: str = "") -> _Sent:
         """Report progress (``fraction`` from 0 to 1) to whoever watches the job.
 
-        In ``async def`` code ``await`` it; in ``def`` code just call it (it returns once stored).
+        Reports are coalesced: the latest wins, stored at most every few hundredths of a second,
+        and the last one always before the job's outcome. Calling it costs next to nothing, even
+        thousands of times a second. In ``async def`` code ``await`` it to have the report stored
+        now (it returns once stored); in ``def`` and ``cpu=True`` code just call it.
         """
         if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
             raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
         report = self._report
         if report is None:
             return _Sent(None)
+        out = report(float(fraction), str(message))
+        if out is None:
+            return _Sent(None)
+        if not asyncio.iscoroutine(out):
+            return _Sent(out)  # the worker's writer: already taken, awaiting only hurries it
+        # a reporter that stores as it goes (a coroutine): run it on the worker's loop
         loop = self._loop
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if loop is None or running is loop:
-            out = report(float(fraction), str(message))
-            if out is None:
-                return _Sent(None)
             return _Sent(asyncio.ensure_future(out))
-        # another thread: hand the report to the worker's loop and wait until it is stored
-        coro = report(float(fraction), str(message))
-        if coro is not None:
-            fut = asyncio.run_coroutine_threadsafe(_awaited(coro), loop)
-            # a lost report must not fail the task; the worker logs it
-            with contextlib.suppress(Exception):
-                fut.result(timeout=30)
+        fut = asyncio.run_coroutine_threadsafe(_awaited(out), loop)
+        # a lost report must not fail the task; the worker logs it
+        with contextlib.suppress(Exception):
+            fut.result(timeout=30)
         return _Sent(None)
 
 

@@ -298,14 +298,52 @@ def _resolve_hints(fn: Callable[..., Any], sig: inspect.Signature, name: str) ->
     return hints
 
 
+_MAX_MESSAGE = 10_000
+_MAX_TRACEBACK = 100_000
+
+
+def _printable(text: str, limit: int) -> str:
+    """Valid UTF-8 text (lone surrogates escaped) of at most ``limit`` characters."""
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = f"{text[: limit // 2]}\n... [{cut} characters cut] ...\n{text[-(limit // 2) + 40:]}"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
-    """Type, message and traceback of an exception, for storage."""
+    """Type, message and traceback of an exception, for storage; never raises.
+
+    Whatever the exception does (a ``__str__`` that raises, a traceback that cannot be formatted,
+    a message of megabytes or with lone surrogates), the result is plain, bounded, printable text.
+    """
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        module, qualname = cls.__module__, cls.__qualname__
+        name = qualname if module == "builtins" else f"{module}.{qualname}"
+    except Exception:
+        name = "Exception"
+    try:
+        message = str(exc)
+    except Exception:
+        try:
+            message = f"<{cls.__qualname__} whose str() failed>"
+        except Exception:
+            message = "<an exception whose str() failed>"
+    if not message and not isinstance(exc, Exception):
+        message = name  # KeyboardInterrupt(), GeneratorExit(): say what ended the task
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception as broken:
+        try:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+        except Exception:
+            frames = ""
+        why = type(broken).__name__
+        trace = f"{frames}{name}: {message}\n(the full traceback could not be formatted: {why})\n"
     return {
-        "type": name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "type": _printable(name, 500),
+        "message": _printable(message, _MAX_MESSAGE),
+        "traceback": _printable(trace, _MAX_TRACEBACK),
     }
 
 

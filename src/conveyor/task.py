@@ -100,6 +100,14 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         if cpu and self.is_async:
             raise ConfigError(f"task {name!r}: cpu=True needs a plain `def` (it runs in a process)")
+        qualname = str(getattr(fn, "__qualname__", ""))
+        if cpu and ("<locals>" in qualname or "<lambda>" in qualname):
+            raise ConfigError(
+                f"task {name!r}: a cpu=True task runs in another process, which finds the function "
+                f"by importing {getattr(fn, '__module__', '?')}.{qualname}; a function defined "
+                "inside another function (or a lambda) cannot be found that way: define it at "
+                "module level"
+            )
         self.signature = TaskSignature(fn, context_type=Context, name=name)
         if key is not None:
             self._check_key(key)

@@ -2,30 +2,38 @@
 
 ``async def`` tasks run on the loop, ``def`` tasks in a thread pool, ``cpu=True`` tasks in a pool of
 processes that can be killed. Each attempt is one asyncio task; cancelling it (a user's cancel, a
-timeout, shutdown, a lost lease) is how every kind of task is stopped, and the reason recorded on the
-attempt decides what the backend is told afterwards.
+timeout, shutdown, a lost lease) is how an async or cpu task is stopped, and the reason recorded on
+the attempt decides what the backend is told afterwards.
+
+A thread cannot be stopped: a ``def`` task past its timeout or cancel only sees ``ctx.cancelled``.
+Its attempt keeps its slot (and its lane, and its lease) until the thread returns, and only then is
+the verdict stored, saying how long the thread ran past the stop. Every attempt ends with exactly
+one verdict, however the task ends (``CancelledError``, ``SystemExit``, an unprintable exception).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor.backends.base import Ack, Lease
 from conveyor.context import Context
 from conveyor.errors import ArgumentError, ConfigError, NotSerializable, UnknownTask
-from conveyor.model import JobRecord, utcnow
+from conveyor.model import ErrorInfo, JobRecord, utcnow
 from conveyor.retry import Retry
-from conveyor.serde import error_info
-from conveyor.worker.procpool import ProcessPool, RemoteError
+from conveyor.serde import dump_json, error_info
+from conveyor.worker.procpool import ChildInterrupted, ProcessPool, RemoteError
+from conveyor.worker.progress import ProgressWriter, Stored
 
 if TYPE_CHECKING:
     from conveyor.queue import Queue
@@ -40,16 +48,24 @@ StopReason = Literal["cancel", "timeout", "shutdown", "lost"]
 _PERMANENT = (UnknownTask, ArgumentError, NotSerializable)
 
 
+class _NotStarted(Exception):
+    """The attempt was stopped before its thread began the task's body."""
+
+
 @dataclass(slots=True, eq=False)
 class Attempt:
     """One running attempt of a job, as the worker tracks it."""
 
     record: JobRecord
     lease: Lease
-    ctx: Context
+    ctx: Context = field(init=False)
     task: asyncio.Task[None] | None = None
     reason: StopReason | None = None
     timer: asyncio.TimerHandle | None = None
+    threaded: bool = False  # the body runs in a thread, which cannot be stopped
+    in_thread: bool = False  # ... and is running there now: a stop waits for it
+    stopped_at: float | None = None  # loop time of the stop request
+    progress: ProgressWriter | None = None  # made on the first report
 
 
 class Runner:
@@ -68,6 +84,7 @@ class Runner:
         self._on_success = on_success  # results are stored in batches by the worker
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="conveyor-job")
         self._procs = ProcessPool(cpu_workers)
+        self._progress_lock = threading.Lock()
 
     def close(self) -> None:
         """Drop the executors: threads still running are abandoned, child processes killed."""
@@ -81,35 +98,58 @@ class Runner:
 
     def launch(self, record: JobRecord) -> None:
         assert record.lease_token is not None
-        lease = Lease(record.id, record.lease_token)
         loop = asyncio.get_running_loop()
-        ctx = Context(
+        run = Attempt(record, Lease(record.id, record.lease_token))
+        run.ctx = Context(
             job_id=record.id, task=record.task, queue=record.queue, attempt=record.attempts,
-            report=self._reporter(lease), loop=loop,
+            report=functools.partial(self._report, run), loop=loop,
         )
-        run = Attempt(record, lease, ctx)
         self.running[record.id] = run
         run.task = loop.create_task(self._execute(run), name=f"conveyor:{record.task}:{record.id}")
         self.by_task[run.task] = run
-        if record.timeout:
+        task = self.queue.tasks.get(record.task)
+        # a def or cpu task's timeout counts from when its thread or process takes it up
+        if record.timeout and (task is None or task.is_async):
             run.timer = loop.call_later(record.timeout, self.interrupt, run, "timeout")
 
-    def _reporter(self, lease: Lease) -> Any:
-        backend = self.queue.backend
+    def _report(self, run: Attempt, fraction: float, message: str) -> Stored:
+        writer = run.progress
+        if writer is None:  # the first report of this attempt, from any thread
+            with self._progress_lock:
+                if run.progress is None:
+                    assert run.task is not None
+                    run.progress = ProgressWriter(self.queue.backend, run.lease, run.task.get_loop())
+                writer = run.progress
+        return writer.report(fraction, message)
 
-        async def report(fraction: float, message: str) -> None:
-            if not await backend.progress(lease, fraction, message):
-                log.warning("job %s: progress not stored (lease lost)", lease.job_id)
-
-        return report
+    def _began(self, run: Attempt) -> None:
+        """The body started in its thread or process: its timeout counts from now."""
+        if run.record.timeout and run.reason is None and run.timer is None:
+            loop = asyncio.get_running_loop()
+            run.timer = loop.call_later(run.record.timeout, self.interrupt, run, "timeout")
 
     def interrupt(self, run: Attempt, reason: StopReason) -> None:
-        """Stop a running job: cancel its coroutine (kills a process, abandons a thread)."""
+        """Stop a running job: cancel its coroutine (kills a process); a thread is told and awaited."""
         if run.reason is not None or run.task is None or run.task.done():
             return
         run.reason = reason
+        run.stopped_at = run.task.get_loop().time()
         run.ctx._cancel()
+        if run.in_thread:
+            # the thread cannot be stopped: keep the slot, the lane and the lease until it returns
+            log.warning("job %s (%s): %s requested; its `def` task keeps running in its thread "
+                        "until it returns (check ctx.cancelled)", run.record.id, run.record.task,
+                        reason)
+            return
         run.task.cancel()
+
+    def abandon(self, run: Attempt) -> None:
+        """At the end of shutdown: give up waiting for a thread that ignores ``ctx.cancelled``."""
+        if run.task is not None and not run.task.done():
+            if run.reason is None:
+                run.reason = "shutdown"
+            run.in_thread = False
+            run.task.cancel()
 
     # -- running one job -------------------------------------------------------------------
     async def _execute(self, run: Attempt) -> None:
@@ -131,23 +171,33 @@ class Runner:
             self.slot_free.set()
 
     async def _attempt(self, run: Attempt, task: Task[Any, Any] | None) -> None:
+        # the verdict is stored outside the except blocks: awaiting while a task's own
+        # GeneratorExit or CancelledError is the exception being handled confuses the machinery
+        failure: BaseException | None = None
         try:
             value = await self._call(task, run)
-        except asyncio.CancelledError:
-            if run.reason is None:
-                raise
-            await self._stopped_early(run, task)
-            return
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if run.reason is None and current is not None and current.cancelling():
+                raise  # not a stop we asked for (the loop is going away): the lease brings it back
+            if current is not None and current.cancelling():
+                current.uncancel()  # ours, and handled here
+            failure = exc  # with no stop asked for, the task raised it on its own: its failure
         except BaseException as exc:  # SystemExit from a task is the task's failure, not ours
-            if run.reason is not None:
-                # the task turned our cancellation into something else; honour the cancel
-                await self._stopped_early(run, task)
-                return
-            await self._failed(run, task, exc)
-            return
+            if run.reason is None and isinstance(exc, ChildInterrupted):
+                # Ctrl-C or a service stop reached the child: shutdown, not the task's failure
+                log.warning("job %s (%s): %s; putting it back", run.record.id, run.record.task, exc)
+                run.reason = "shutdown"
+            failure = exc
         if run.reason is not None:
+            # stopped (perhaps the task turned our cancel into something else): honour the stop
             await self._stopped_early(run, task)
             return
+        if failure is not None:
+            await self._failed(run, task, failure)
+            return
+        if run.progress is not None:
+            await run.progress.close()
         self.counts["succeeded"] += 1
         self._on_success(Ack(run.record.id, run.lease.token, value))
 
@@ -159,7 +209,9 @@ class Runner:
                 f"(known: {sorted(self.queue.tasks)})"
             )
         if task.cpu:
-            return await self._procs.run(task, record, run.ctx._report)
+            return await self._procs.run(
+                task, record, run.ctx._report, functools.partial(self._began, run)
+            )
         values = task.signature.decode_values(record.args, record.kwargs)
         injected: dict[str, Any] = dict.fromkeys(task.signature.context_params, run.ctx)
         async with contextlib.AsyncExitStack() as stack:
@@ -171,18 +223,50 @@ class Runner:
             if task.is_async:
                 result = await task.fn(*args, **kwargs)
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._threads, lambda: task.fn(*args, **kwargs)
-                )
-        return task.signature.encode_result(result)
+                result = await self._in_thread(run, functools.partial(task.fn, *args, **kwargs))
+        value = task.signature.encode_result(result)
+        try:
+            dump_json(value)  # the text the backend stores: refuse here what it would refuse there
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise NotSerializable(f"{task.name}() return value cannot be stored as JSON: {exc}") from None
+        return value
+
+    async def _in_thread(self, run: Attempt, call: Callable[[], Any]) -> Any:
+        """Run ``call`` in the thread pool; a stop request waits for it instead of abandoning it."""
+        loop = asyncio.get_running_loop()
+        timed = bool(run.record.timeout)
+        ctx = run.ctx
+
+        def body() -> tuple[bool, Any]:
+            if ctx.cancelled:  # stopped while waiting for the thread: never start the task
+                return False, _NotStarted()
+            if timed:
+                loop.call_soon_threadsafe(self._began, run)
+            try:
+                return True, call()
+            except BaseException as exc:  # re-raised below, on the loop
+                # handed back as a value: a GeneratorExit set on the future would be thrown
+                # into this coroutine as a close(), not raised as the task's failure
+                return False, exc
+
+        run.threaded = run.in_thread = True
+        try:
+            ok, out = await loop.run_in_executor(self._threads, body)
+        finally:
+            run.in_thread = False
+        if not ok:
+            raise out
+        return out
 
     async def _failed(self, run: Attempt, task: Task[Any, Any] | None, exc: BaseException) -> None:
         record = run.record
         error = exc.info if isinstance(exc, RemoteError) else error_info(exc)
+        permanent = isinstance(exc, _PERMANENT) or (isinstance(exc, RemoteError) and exc.permanent)
         policy = self._policy(record, task)
-        attempts_left = record.attempts < record.max_attempts and not isinstance(exc, _PERMANENT)
+        attempts_left = record.attempts < record.max_attempts and not permanent
         backend = self.queue.backend
+        if run.progress is not None:
+            await run.progress.close()
         if attempts_left:
             delay = policy.delay(record.attempts)
             retry_at = utcnow() + timedelta(seconds=delay)
@@ -205,19 +289,39 @@ class Runner:
 
     async def _stopped_early(self, run: Attempt, task: Task[Any, Any] | None) -> None:
         record, backend = run.record, self.queue.backend
+        if run.progress is not None:
+            await run.progress.close(store=run.reason != "lost")
         if run.reason == "shutdown":
             self.counts["released"] += 1
             await self._settle(lambda: backend.release([run.lease]))
         elif run.reason == "cancel":
             self.counts["cancelled"] += 1
             log.info("job %s (%s) cancelled while running", record.id, record.task)
-            await self._settle(lambda: backend.cancel(record.id, lease=run.lease))
+            error = self._late_thread(run, "cancel")
+            await self._settle(lambda: backend.cancel(record.id, lease=run.lease, error=error))
         elif run.reason == "timeout":
+            message = f"{record.task} did not finish within its {record.timeout} s timeout"
+            late = self._late_thread(run, "timeout")
             await self._failed(run, task, TimeoutError(
-                f"{record.task} did not finish within its {record.timeout} s timeout"
+                message if late is None else f"{message}; {late['message']}"
             ))
         else:  # lost: another worker owns the job now; leave it alone
             self.counts["lost"] += 1
+
+    def _late_thread(self, run: Attempt, what: str) -> ErrorInfo | None:
+        """For a `def` task stopped by a timeout or cancel: how long its thread ran past it."""
+        if not run.threaded or run.stopped_at is None or run.task is None:
+            return None
+        late = run.task.get_loop().time() - run.stopped_at
+        return {
+            "type": "TimeoutError" if what == "timeout" else "Cancelled",
+            "message": (
+                f"its thread ran {late:.2f} s past its {what} (a `def` task cannot be stopped: "
+                "it should return when ctx.cancelled is true); the job kept its slot and lane "
+                "until then"
+            ),
+            "traceback": "",
+        }
 
     @staticmethod
     def _policy(record: JobRecord, task: Task[Any, Any] | None) -> Retry:

@@ -15,13 +15,15 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Ack, Lease
-from conveyor.errors import ConfigError
+from conveyor.errors import BackendError, ConfigError
 from conveyor.model import new_token, utcnow
+from conveyor.serde import error_info
 from conveyor.worker.attempt import Runner
 from conveyor.worker.watchdog import LoopWatchdog
 
@@ -34,6 +36,22 @@ log = logging.getLogger("conveyor.worker")
 
 # seconds between cancel_requested polls when the backend pushes cancel requests (a lost push)
 _CANCEL_BACKSTOP = 2.0
+
+
+@dataclass(slots=True, eq=False)
+class _AckGroup:
+    """Results stored in one ``complete`` call, and how often that failed."""
+
+    acks: list[Ack]
+    failures: int = 0
+    first_failed_at: float = 0.0
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error that may go away if tried again (the backend unreachable or busy), unlike a
+    value the backend cannot take (an encoding error raised before anything crossed the wire).
+    """
+    return isinstance(exc, BackendError | OSError | TimeoutError)
 
 
 class Worker:
@@ -55,6 +73,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[:6]}"
         self.counts: Counter[str] = Counter()
         self._acks: list[Ack] = []
+        self._ack_groups: list[_AckGroup] = []  # results being stored (their leases are renewed)
+        self._give_up_at: float | None = None  # set at shutdown: stop storing results then
         self._ack_ready = asyncio.Event()
         self._ack_lock = asyncio.Lock()
         self._runner = Runner(
@@ -146,7 +166,18 @@ class Worker:
                 if run.task in pending:
                     self._runner.interrupt(run, "shutdown")
             if pending:
-                await asyncio.wait(pending, timeout=max(5.0, self.lease))
+                _, pending = await asyncio.wait(pending, timeout=max(5.0, self.lease))
+            if pending:
+                # `def` threads that ignore ctx.cancelled (or tasks that swallow their cancel):
+                # put their jobs back and go; a process exit ends the threads
+                log.warning("worker %s: %d job(s) still running after shutdown; putting them back",
+                            self.id, len(pending))
+                for run in list(self._running.values()):
+                    if run.task in pending:
+                        self._runner.abandon(run)
+                await asyncio.wait(pending, timeout=5.0)
+        # results not stored by then are left to their leases (at-least-once): stop() returns
+        self._give_up_at = time.monotonic() + max(5.0, self.lease)
         await self._flush_acks()
         for loop_task in self._loops[1:]:
             loop_task.cancel()
@@ -213,23 +244,76 @@ class Worker:
             await self._flush_acks_locked()
 
     async def _flush_acks_locked(self) -> None:
-        while self._acks:
-            batch, self._acks = self._acks, []
-            self._ack_ready.clear()
+        """Store results in batches until none is left.
+
+        A batch that fails for a reason that may pass (the backend away or busy) is tried again
+        with backoff. A batch the backend refuses (a value it cannot take, or one that keeps
+        failing while other batches go through) is halved until the one bad ack is alone; that
+        job is then failed instead. New results are not held behind a failing batch.
+        """
+        groups = self._ack_groups
+        delay = 0.05
+        ok_at = -1.0  # monotonic time of the last batch the backend took
+        while self._acks or groups:
+            if self._acks:
+                fresh, self._acks = self._acks, []
+                self._ack_ready.clear()
+                groups.append(_AckGroup(fresh))
+            if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                log.error("worker %s: %d result(s) not stored before shutdown; their leases "
+                          "bring the jobs back", self.id, sum(len(g.acks) for g in groups))
+                groups.clear()
+                return
+            group = groups.pop()  # newest first
+            try:
+                results = await self.queue.backend.complete(group.acks)
+            except Exception as exc:
+                now = time.monotonic()
+                if group.failures == 0:
+                    group.first_failed_at = now
+                group.failures += 1
+                # refused: not a passing trouble, or it keeps failing while others go through
+                refused = not _transient(exc) or (
+                    group.failures >= 3 and ok_at > group.first_failed_at
+                )
+                if refused and len(group.acks) > 1:
+                    half = len(group.acks) // 2
+                    groups[:0] = [_AckGroup(group.acks[:half]), _AckGroup(group.acks[half:])]
+                    continue
+                if refused and await self._refused(group.acks[0], exc):
+                    continue
+                log.warning("storing %d result(s) failed; retrying in %.2f s",
+                            len(group.acks), delay, exc_info=True)
+                groups.insert(0, group)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            ok_at = time.monotonic()
             delay = 0.05
-            while True:
-                try:
-                    results = await self.queue.backend.complete(batch)
-                    break
-                except Exception:
-                    log.warning("storing %d result(s) failed; retrying in %.2f s",
-                                len(batch), delay, exc_info=True)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            for ok, ack in zip(results, batch, strict=True):
+            for ok, ack in zip(results, group.acks, strict=True):
                 if not ok:
                     self.counts["lost"] += 1
                     log.warning("job %s: result not stored, the lease was lost", ack.job_id)
+
+    async def _refused(self, ack: Ack, exc: Exception) -> bool:
+        """The backend will not store this result: fail its job instead. False if it cannot."""
+        error = error_info(exc)
+        error = {
+            "type": "conveyor.errors.NotSerializable",
+            "message": f"the backend refused to store the job's result: {error['type']}: "
+                       f"{error['message']}",
+            "traceback": error["traceback"],
+        }
+        try:
+            stored = await self.queue.backend.fail(Lease(ack.job_id, ack.token), error, retry_at=None)
+        except Exception:
+            log.warning("job %s: storing its failure failed too", ack.job_id, exc_info=True)
+            return False
+        self.counts["failed"] += 1
+        log.error("job %s failed: %s", ack.job_id, error["message"])
+        if not stored:
+            log.warning("job %s: failure not stored, the lease was lost", ack.job_id)
+        return True
 
     async def _lease_loop(self) -> None:
         backend = self.queue.backend
@@ -254,7 +338,8 @@ class Worker:
                     self._runner.interrupt(run, "cancel")
 
     def _pending_leases(self) -> list[Lease]:
-        return [Lease(ack.job_id, ack.token) for ack in self._acks]
+        storing = [ack for group in self._ack_groups for ack in group.acks]
+        return [Lease(ack.job_id, ack.token) for ack in [*storing, *self._acks]]
 
     async def _cancel_loop(self) -> None:
         backend = self.queue.backend

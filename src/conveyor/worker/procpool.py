@@ -4,85 +4,71 @@
 could not keep their promise with it. Here each child runs one job at a time; cancelling a job
 kills its child and a fresh one takes its place. Children are started with ``spawn`` (safe beside
 threads) and find a task by importing its module, so a ``cpu=True`` task must be a module-level
-function. Messages are JSON over a pipe: nothing is pickled.
+function (decorated, or registered with ``queue.task(cpu=True)(fn)``). Messages are JSON over a
+pipe: nothing is pickled.
+
+Children ignore SIGINT and SIGTERM: a Ctrl-C or a service stop reaches the whole process group,
+and shutdown is the worker's call (drain within grace, then kill and put back). A child whose
+worker is gone exits on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
-import importlib
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import sys
+import signal
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from conveyor.errors import ConfigError
 from conveyor.model import ErrorInfo
+from conveyor.worker.child import child_main
 
-__all__ = ["ProcessPool", "RemoteError"]
+__all__ = ["ChildInterrupted", "ProcessPool", "RemoteError"]
 
 
 class RemoteError(Exception):
-    """A task raised in a child process; ``info`` is its stored form (type, message, traceback)."""
+    """A task raised in a child process; ``info`` is its stored form (type, message, traceback).
 
-    def __init__(self, info: dict[str, str]) -> None:
+    ``permanent`` is true when another attempt cannot help (bad arguments, an unencodable result).
+    """
+
+    def __init__(self, info: dict[str, str], *, permanent: bool = False) -> None:
         super().__init__(info.get("message", ""))
         self.info: ErrorInfo = {
             "type": info.get("type", "Exception"), "message": info.get("message", ""),
             "traceback": info.get("traceback", ""),
         }
+        self.permanent = permanent
 
 
-def _resolve(module_name: str, qualname: str) -> Any:
-    if module_name == "__main__":
-        module = sys.modules.get("__mp_main__") or sys.modules["__main__"]
-    else:
-        module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+class ChildInterrupted(Exception):
+    """A child process was ended by SIGINT, SIGTERM or SIGHUP: shutdown, not the task's failure."""
 
 
-def _child(conn: multiprocessing.connection.Connection) -> None:
-    """Child main loop: run one job per request until the pipe closes."""
-    from conveyor.context import Context
-    from conveyor.serde import error_info
-    from conveyor.task import Task
+# signals that mean "stop" when they reach a child with its process group (Ctrl-C, `timeout`,
+# systemd's stop): the worker decides about shutdown, so a child that died of one is put back
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    while True:
-        try:
-            request = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        try:
-            task = _resolve(request["module"], request["qualname"])
-            if not isinstance(task, Task):
-                raise ConfigError(
-                    f"{request['module']}.{request['qualname']} is not a conveyor task in the child"
-                )
-            injected: dict[str, Any] = {}
-            if task.signature.context_params:
 
-                def report(fraction: float, message: str) -> None:
-                    conn.send_bytes(json.dumps({"progress": [fraction, message]}).encode())
+# pools with children, killed at interpreter exit: multiprocessing's own exit hook would send them
+# SIGTERM, which they ignore, and then wait for them forever
+_live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hooked: list[bool] = []  # one entry once the hook is registered
 
-                ctx = Context(
-                    job_id=request["job_id"], task=task.name, queue=request["queue"],
-                    attempt=request["attempt"], report=report,
-                )
-                injected = dict.fromkeys(task.signature.context_params, ctx)
-            args, kwargs = task.signature.decode(request["args"], request["kwargs"], injected)
-            value = task.signature.encode_result(task.fn(*args, **kwargs))
-            reply: dict[str, Any] = {"ok": value}
-        except BaseException as exc:
-            reply = {"error": error_info(exc)}
-        conn.send_bytes(json.dumps(reply).encode())
+
+def _close_live_pools() -> None:
+    for pool in list(_live_pools):
+        pool.close()
 
 
 @dataclass(slots=True, eq=False)
@@ -100,73 +86,138 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._slots: asyncio.Semaphore | None = None
         self._all: set[_Child] = set()
+        self._lock = threading.Lock()  # children are started in executor threads
+        self._closed = False
+        self._orphans: list[asyncio.Future[_Child]] = []  # starting for jobs cancelled meanwhile
 
     def _start_child(self) -> _Child:
+        with _exit_hook:
+            if not _exit_hooked:
+                # registered after multiprocessing's hook, so it runs before it
+                atexit.register(_close_live_pools)
+                _exit_hooked.append(True)
+            _live_pools.add(self)
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_child, args=(child,), daemon=True, name="conveyor-cpu")
+        process = self._ctx.Process(
+            target=child_main, args=(child, os.getpid()), daemon=True, name="conveyor-cpu"
+        )
         process.start()
         child.close()
         started = _Child(process, parent)
-        self._all.add(started)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._all.add(started)
+        if closed:  # the pool closed while this one was starting: it must not outlive it
+            self._kill(started)
+            raise RuntimeError("the process pool is closed")
         return started
 
     def _kill(self, child: _Child) -> None:
-        self._all.discard(child)
+        with self._lock:
+            self._all.discard(child)
         with contextlib.suppress(Exception):
             child.process.kill()
         with contextlib.suppress(Exception):
             child.conn.close()
 
+    async def _checkout(self, loop: asyncio.AbstractEventLoop) -> _Child:
+        """An idle child, or one still starting for a cancelled job, or a new one."""
+        if self._idle:
+            return self._idle.pop()
+        starting = (
+            self._orphans.pop() if self._orphans else loop.run_in_executor(None, self._start_child)
+        )
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # the child starts anyway: the next job takes it, or it waits idle (killed on close)
+            self._orphans.append(starting)
+            starting.add_done_callback(self._adopt)
+            raise
+
+    def _adopt(self, starting: asyncio.Future[_Child]) -> None:
+        """A child started for a cancelled job that no later job took: idle, or killed if closed."""
+        if starting not in self._orphans:
+            return
+        self._orphans.remove(starting)
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        child = starting.result()
+        if self._closed:
+            self._kill(child)
+        else:
+            self._idle.append(child)
+
     async def run(
-        self, task: Any, record: Any, report: Any = None,
+        self, task: Any, record: Any, report: Callable[[float, str], object] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> Any:
         """Run ``task`` on the stored arguments of ``record`` in a child; return its JSON result.
 
+        ``on_start`` is called once the child has taken the job up (a fresh child first has to
+        start Python): the job's timeout counts from there.
         Cancelling the awaiting coroutine kills the child. A task error is raised as
-        :class:`RemoteError`.
+        :class:`RemoteError`; a child ended by a stop signal as :class:`ChildInterrupted`.
         """
+        if self._closed:
+            raise RuntimeError("the process pool is closed")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         loop = asyncio.get_running_loop()
         request = json.dumps({
-            "module": task.fn.__module__, "qualname": task.fn.__qualname__,
+            "module": task.fn.__module__, "qualname": task.fn.__qualname__, "name": task.name,
             "args": record.args, "kwargs": record.kwargs, "job_id": record.id,
             "queue": record.queue, "attempt": record.attempts,
         }).encode()
         async with self._slots:
-            child = self._idle.pop() if self._idle else await loop.run_in_executor(
-                None, self._start_child
-            )
+            child = await self._checkout(loop)
             try:
                 await loop.run_in_executor(None, child.conn.send_bytes, request)
                 while True:
                     raw = await loop.run_in_executor(None, child.conn.recv_bytes)
                     reply = json.loads(raw)
+                    if "started" in reply:
+                        if on_start is not None:
+                            on_start()
+                        continue
                     if "progress" in reply:
-                        if report is not None:
+                        if report is not None and reply.get("job") == record.id:
                             fraction, message = reply["progress"]
                             with contextlib.suppress(Exception):
-                                await report(fraction, message)
+                                report(fraction, message)
                         continue
                     break
             except asyncio.CancelledError:
                 self._kill(child)
                 raise
             except (EOFError, OSError) as exc:
+                # reap it to learn how it ended (a stop signal is shutdown, not a task failure)
+                await loop.run_in_executor(None, child.process.join, 2.0)
                 code = child.process.exitcode
                 self._kill(child)
+                if code is not None and -code in _STOP_SIGNALS:
+                    raise ChildInterrupted(
+                        f"the task's process was ended by {signal.Signals(-code).name}"
+                    ) from None
                 raise RemoteError({
                     "type": "ProcessDied",
                     "message": f"the task's process ended unexpectedly (exit code {code}): {exc!r}",
                     "traceback": "",
                 }) from None
-            self._idle.append(child)
+            if self._closed:
+                self._kill(child)
+            else:
+                self._idle.append(child)
         if "error" in reply:
-            raise RemoteError(reply["error"])
+            raise RemoteError(reply["error"], permanent=bool(reply.get("permanent")))
         return reply["ok"]
 
     def close(self) -> None:
-        """Stop every child."""
-        for child in list(self._all):
+        """Stop every child, and any that is still starting."""
+        with self._lock:
+            self._closed = True
+            children = list(self._all)
+        for child in children:
             self._kill(child)
         self._idle.clear()
