@@ -124,19 +124,27 @@ async def _work(queue: Queue, concurrency: int, queues: list[str] | None, grace:
     loop = asyncio.get_running_loop()
     signals = 0
 
+    def exit_now() -> None:
+        logging.getLogger("conveyor").warning("second signal: exiting now; leases bring "
+                                              "running jobs back")
+        os._exit(1)
+
     def on_signal(signum: int) -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
-            logging.getLogger("conveyor").warning("second signal: exiting now; leases bring "
-                                                  "running jobs back")
-            os._exit(1)
+            exit_now()
         logging.getLogger("conveyor").info("%s: finishing running jobs (a second signal exits "
                                            "at once)", signal.Signals(signum).name)
         wk.request_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # from a --processes supervisor: SIGUSR1 asks for the graceful stop without counting as a
+    # signal (the same SIGTERM may also reach this process directly, from systemd or a killpg,
+    # and must not count twice); SIGUSR2 is its "second signal"
+    loop.add_signal_handler(signal.SIGUSR1, wk.request_stop)
+    loop.add_signal_handler(signal.SIGUSR2, exit_now)
     try:
         await wk.run()
     finally:
@@ -155,11 +163,15 @@ def _supervise(argv: list[str], processes: int) -> int:
         return subprocess.Popen([sys.executable, "-m", "conveyor", *args, "--processes", "1"])
 
     def forward(signum: int, _frame: object) -> None:
+        # the first stop is forwarded as SIGUSR1, which a child never counts: a signal sent to
+        # the whole group or unit (Ctrl-C, systemd, timeout) reaches the children directly too,
+        # and two SIGTERMs would read as "exit now". A second stop here forwards SIGUSR2: exit now.
         nonlocal stopping
+        again = stopping
         stopping = True
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(signal.SIGUSR2 if again else signal.SIGUSR1)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

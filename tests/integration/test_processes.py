@@ -97,3 +97,25 @@ async def test_supervisor_replaces_a_killed_worker_process_and_loses_nothing(
     assert set(count(task_log, "end")) == {job.id for job in jobs}
     twice = {job_id for job_id, n in starts.items() if n > 1}
     assert twice <= running_at_kill, "only jobs in flight on the killed process ran twice"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_stop_signal_to_the_whole_group_drains_every_process(
+    app_queue: Queue, workers: Workers, task_log: Path, signum: int
+) -> None:
+    """``--processes 2`` and one SIGTERM/SIGINT to the whole group: running jobs finish, exit 0.
+
+    The signal reaches each worker twice (directly, and forwarded by the supervisor); that must
+    not read as the "second signal" that exits at once and abandons the running jobs.
+    """
+    proc = workers.start("--processes", "2", "--concurrency", "2", "--grace", "20",
+                         env={"ITEST_LEASE": "30"})
+    await until(lambda: proc.output().count(" started on ") == 2, 20, "both worker processes up")
+    work = app_queue.tasks["work"]
+    jobs = await app_queue.enqueue_many([work.prepare(i, 2.0) for i in range(4)])
+    await until(lambda: count(task_log, "start").total() == 4, 20, "all four jobs running")
+    os.killpg(proc.pid, signum)
+    assert await proc.wait_exit(30) == 0, proc.output()[-3000:]
+    assert "exiting now" not in proc.output()
+    for job in jobs:
+        assert (await job.status()) == "succeeded"
