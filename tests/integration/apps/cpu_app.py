@@ -19,8 +19,10 @@ queue = Queue("memory://", name="cpu-app")
 @queue.task(cpu=True)
 def burn(seconds: float, pidfile: str | None = None) -> int:
     """Keep a CPU busy for ``seconds``, after writing this process id to ``pidfile``."""
-    if pidfile:
-        Path(pidfile).write_text(str(os.getpid()))
+    if pidfile:  # written whole, then renamed: a reader never sees it half-written
+        part = Path(pidfile + ".part")
+        part.write_text(str(os.getpid()))
+        part.replace(pidfile)
     deadline = time.monotonic() + seconds
     spins = 0
     while time.monotonic() < deadline:
