@@ -74,7 +74,7 @@ class Context:
         report = self._report
         if report is None:
             return _Sent(None)
-        out = report(float(fraction), str(message))
+        out = report(float(fraction), _clean(str(message)))
         if out is None:
             return _Sent(None)
         if not asyncio.iscoroutine(out):
@@ -92,6 +92,19 @@ class Context:
         with contextlib.suppress(Exception):
             fut.result(timeout=30)
         return _Sent(None)
+
+
+#: longest progress message stored, in characters (a longer one is cut, with an ellipsis)
+MAX_PROGRESS_MESSAGE = 1000
+
+
+def _clean(message: str) -> str:
+    """A message every backend and JSON reader takes: bounded, valid Unicode (no lone surrogates)."""
+    if len(message) > MAX_PROGRESS_MESSAGE:
+        message = message[: MAX_PROGRESS_MESSAGE - 1] + "\u2026"
+    if not message.isascii():
+        message = message.encode("utf-8", "replace").decode("utf-8")
+    return message
 
 
 async def _awaited(aw: Awaitable[Any]) -> Any:

@@ -139,3 +139,18 @@ def test_a_task_naming_local_types_still_registers_with_ctx_injected() -> None:
     assert list(t.signature.signature.parameters) == ["a", "b"]
     with pytest.raises(ArgumentError):
         t.prepare("not an int")
+
+
+def test_progress_message_is_bounded_and_valid_unicode() -> None:
+    """A progress message is cut to MAX_PROGRESS_MESSAGE characters and loses lone surrogates."""
+    from conveyor.context import MAX_PROGRESS_MESSAGE, Context
+
+    seen: list[tuple[float, str]] = []
+    ctx = Context(job_id="j", task="t", queue="q", attempt=1,
+                  report=lambda f, m: seen.append((f, m)))
+    ctx.progress(0.5, "x" * 10_000)
+    ctx.progress(0.6, "bad \ud800 half")
+    ctx.progress(0.7, "ok ✓ 𝄞")
+    assert len(seen[0][1]) == MAX_PROGRESS_MESSAGE and seen[0][1].endswith("…")
+    assert seen[1][1] == "bad ? half"
+    assert seen[2][1] == "ok ✓ 𝄞"
