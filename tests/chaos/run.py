@@ -1,0 +1,88 @@
+"""Run the chaos profile on each backend, check it, print the table: ``python -m tests.chaos``.
+
+``make chaos`` runs the long profile; ``tests/chaos/test_chaos_short.py`` a short one. Exit code 1
+when any promise was broken; every violation is printed with the journals' directory, so it can be
+read again (and the run repeated with the same ``--seed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import app
+from .checker import Report, check
+from .driver import ChaosRun, Profile
+from .journal import read_driver_log, read_journal
+
+__all__ = ["format_table", "main", "run_backend"]
+
+HEADER = ("backend", "jobs", "execs", "kills", "stops", "terms", "redis restarts", "crashes",
+          "duplicates", "violations")
+
+
+async def run_backend(backend: str, profile: Profile, directory: Path) -> Report:
+    """One backend's chaos run in ``directory``, checked."""
+    records = await ChaosRun(backend, profile, directory).run()
+    starts, ends = read_journal(directory / "journal.log")
+    events = read_driver_log(directory / "driver.log")
+    return check(backend, starts, ends, events, records, lease=app.SETTINGS.lease,
+                 max_lost_leases=app.SETTINGS.max_lost_leases)
+
+
+def format_table(reports: list[Report]) -> str:
+    """The chaos table, as Markdown."""
+    rows = [HEADER, tuple("---" for _ in HEADER)]
+    for r in reports:
+        rows.append((r.backend, str(r.jobs), str(r.executions), str(r.kills), str(r.stops),
+                     str(r.terms), str(r.redis_restarts) if r.backend == "redis" else "-",
+                     str(r.crashes), str(r.duplicates), str(len(r.violations))))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, run each backend, print the table and the violations."""
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=300.0, help="chaos per backend (seconds)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
+    parser.add_argument("--backends", default="sqlite,redis", help="comma-separated: sqlite,redis")
+    parser.add_argument("--dir", type=Path, default=None, help="keep journals here (default: a temp dir)")
+    parser.add_argument("--no-def-hang", action="store_true",
+                        help="leave out `def` attempts that outlive their timeout (defect 4)")
+    parser.add_argument("--no-term-group", action="store_true",
+                        help="leave out SIGTERM to a worker's whole process group (defect 11)")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else int(time.time()) % 100_000
+    profile = Profile(seconds=args.seconds, seed=seed, def_hang=not args.no_def_hang,
+                      term_group=not args.no_term_group)
+    base = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
+    print(f"chaos: {args.seconds:g} s per backend, seed {seed}, journals in {base}", flush=True)
+    print(f"profile: {dataclasses.asdict(profile)}", flush=True)
+    reports = []
+    for backend in args.backends.split(","):
+        started = time.monotonic()
+        report = asyncio.run(run_backend(backend, profile, base / backend))
+        print(f"{backend}: checked in {time.monotonic() - started:.0f} s; statuses "
+              f"{dict(report.statuses)}", flush=True)
+        reports.append(report)
+    print()
+    print(format_table(reports))
+    bad = False
+    for r in reports:
+        for v in r.violations[:50]:
+            print(f"{r.backend}: {v}")
+        if len(r.violations) > 50:
+            print(f"{r.backend}: ... and {len(r.violations) - 50} more")
+        bad = bad or bool(r.violations)
+    if bad:
+        print(f"\nviolations: journals and store in {base}; repeat with --seed {seed}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
