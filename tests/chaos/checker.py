@@ -128,9 +128,11 @@ def check(
             cancels[e["id"]].append(e)
         elif e["ev"] == "retry":
             rep.retries += 1
-            # `queued` is what a retry that took effect answers (an untouched queued job too:
-            # counting that one as well only makes the bounds below looser, never stricter)
-            if e["answer"] in ("queued", "scheduled") or e["answer"].startswith("error"):
+            # the driver retries only jobs it saw final; one that answers `queued` took effect (an
+            # error may have: counted as if it had)
+            if e["before"] in ("failed", "dead", "cancelled") and (
+                e["answer"] == "queued" or e["answer"].startswith("error")
+            ):
                 retried[e["id"]].append(e["t0"])
     supersede_at: dict[str, list[int]] = defaultdict(list)  # lane -> enqueue indexes
     for i, e in enumerate(enq):
@@ -170,6 +172,22 @@ def check(
             and s <= max(ex.until, ex.start.mono)
             for s, c in ex.stops
         )
+
+    def chaos_between(t0: float, t1: float) -> int:
+        """How many signals or Redis restarts in [t0, t1] could have cost a claimed job its run.
+
+        A worker stopped all along cannot have claimed anything in the window, so its signals
+        do not count.
+        """
+        n = 0
+        for e in events:
+            if e["ev"] not in ("kill", "stop", "term", "redis_down") or not t0 <= e["t_sent"] <= t1:
+                continue
+            lead = e.get("pids", [None])[0] if e.get("pids") else None
+            if lead is not None and any(s <= t0 and c >= e["t_sent"] for s, c in stops.get(lead, [])):
+                continue
+            n += 1
+        return n
 
     def epoch(job: str, t: float) -> int:
         return sum(r < t for r in retried.get(job, []))
@@ -250,11 +268,16 @@ def check(
         for i, ex in enumerate(exs):
             e = epoch(job_id, ex.start.mono)
             before = [j for j in range(i) if epoch(job_id, exs[j].start.mono) == e]
-            # a lost lease counts the attempt (the store does not give it back), so the number a
-            # task sees may pass max_attempts by the interrupted executions before it, no more
-            if ex.start.attempt > max_attempts + sum(cuts[j] for j in before):
+            # every claim counts an attempt, also one whose worker died before the task started
+            # (a lost lease gives none back): attempt numbers the journal never saw are claims
+            # lost, and each needs a kill, stop, SIGTERM or Redis restart to explain it
+            since = max([plan["t0"], *(r for r in retried.get(job_id, []) if r < ex.start.mono)]
+                        + [exs[j].start.mono for j in before])
+            skipped = ex.start.attempt - 1 - len(before)
+            if skipped > chaos_between(since, ex.start.mono):
                 rep.flag("attempts", f"job {job_id} ran attempt {ex.start.attempt} of {max_attempts} "
-                                     f"after {sum(cuts[j] for j in before)} interrupted execution(s)")
+                                     f"as its run #{len(before) + 1}: {skipped} claim(s) never started "
+                                     f"and no chaos since {ex.start.mono - since:.2f} s before")
             if ex.start.kind == "cpu" and ex.start.ppid == 1:
                 rep.flag("orphan", f"job {job_id} attempt {ex.start.attempt} started in cpu child "
                                    f"{ex.start.pid} after its worker had died")
@@ -337,8 +360,10 @@ def _check_verdict(
         planned = args["fail"] if kind == "ChaosFailure" else args["hang"]
         stopped = kind == "TimeoutError" and any(ex.stops for ex in exs if ex.start.attempt == last)
         if last < max_attempts or (last not in planned and not stopped and last <= max_attempts):
+            ran = any(ex.start.attempt == last for ex in exs)
             rep.flag("final", f"{name} ended {rec.status.value} after attempt {last}/{max_attempts} "
-                              f"with {kind}: {error['message']}")
+                              f"with {kind}: {error['message']}"
+                              + ("" if ran else f" (attempt {last} never started)"))
         return
     rep.flag("final", f"{name} ended {rec.status.value} with a failure the task never raised: "
                       f"{kind}: {error['message'][:160]}")
