@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out `def` attempts that outlive their timeout (defect 4)")
     parser.add_argument("--no-term-group", action="store_true",
                         help="leave out SIGTERM to a worker's whole process group (defect 11)")
+    parser.add_argument("--cpu-timeout", type=float, default=0.8,
+                        help="timeout of a cpu job's hanging attempt (seconds)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
     profile = Profile(seconds=args.seconds, seed=seed, def_hang=not args.no_def_hang,
-                      term_group=not args.no_term_group)
+                      term_group=not args.no_term_group, cpu_timeout=args.cpu_timeout)
     base = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     print(f"chaos: {args.seconds:g} s per backend, seed {seed}, journals in {base}", flush=True)
     print(f"profile: {dataclasses.asdict(profile)}", flush=True)

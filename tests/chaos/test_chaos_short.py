@@ -1,0 +1,52 @@
+"""The short chaos profile, run by ``make test``: no promise broken under kills, stops and restarts.
+
+``make chaos`` runs the long profile (``python -m tests.chaos``); this one runs about 25 s of chaos
+per backend. Two ingredients are left out until their defects are fixed (issue 7), and one is
+softened; turn them back on here once the fixes are merged:
+
+- ``def_hang=False``: a ``def`` attempt that outlives its timeout keeps its thread while the worker
+  frees its slot and lane, so a lane runs two jobs at once (defect 4);
+- ``term_group=False``: SIGTERM to a worker's whole process group fails its running ``cpu=True``
+  jobs with ``ProcessDied`` and leaves cpu children running jobs after their worker exited
+  (defect 11);
+- ``cpu_timeout=3.0`` (the long profile uses 0.8): a cpu attempt's timeout counts the start of a
+  fresh child process, so on a loaded machine a short timeout expires before the task starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from redis_server import redis_server_binary  # tests/ is on sys.path
+
+from . import app
+from .checker import check
+from .driver import ChaosRun, Profile
+from .journal import read_driver_log, read_journal
+from .run import format_table
+
+SHORT = Profile(seconds=25.0, seed=7, def_hang=False, term_group=False, cpu_timeout=3.0,
+                drain_timeout=90.0)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_chaos_short_profile_breaks_no_promise(backend: str) -> None:
+    """Under SIGKILL, SIGSTOP, SIGTERM, cancels, retries and Redis restarts, every promise holds."""
+    if backend == "redis" and redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    # not tmp_path: pytest prunes old temp dirs, and the journals of a failed run must stay
+    directory = Path(tempfile.mkdtemp(prefix=f"conveyor-chaos-short-{backend}-"))
+    records = await ChaosRun(backend, SHORT, directory).run()
+    starts, ends = read_journal(directory / "journal.log")
+    report = check(backend, starts, ends, read_driver_log(directory / "driver.log"), records,
+                   lease=app.SETTINGS.lease, max_lost_leases=app.SETTINGS.max_lost_leases)
+    summary = format_table([report]) + f"\njournals and store kept in {directory}"
+    if not report.violations:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert report.jobs > 100, summary
+    assert report.kills + report.stops + report.terms > 5, summary
+    assert not report.violations, summary + "\n" + "\n".join(report.violations[:30])
