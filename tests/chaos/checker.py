@@ -196,6 +196,14 @@ def check(
     for ex in execs:
         by_job[ex.start.job].append(ex)
 
+    def horizon(ex: Execution) -> float:
+        """Until when the chaos could still cost ``ex`` its verdict: the job's next start, if any
+        (a result waits in its worker's batch a moment before it is stored)."""
+        later = [x.start.mono for x in by_job[ex.start.job] if x.start.mono > ex.start.mono]
+        if later:
+            return min(later)
+        return ex.end.mono if ex.end is not None else float("inf")
+
     def interrupted(ex: Execution) -> bool:
         """The chaos (or a shutdown) cut this execution short, so its attempt may run again."""
         plan = plans.get(ex.start.job)
@@ -203,9 +211,11 @@ def check(
         if ex.killed_at is not None or zombie(ex, ex.until + lease) or ex.start.ppid == 1:
             return True
         owner = ex.start.ppid if ex.start.kind == "cpu" else ex.start.pid
-        done = ex.end.mono if ex.end is not None else float("inf")
-        if any(e["ev"] in ("term", "kill") and owner in e["pids"]
-               and ex.start.mono - lease <= e["t_sent"] <= done for e in events):
+        t0, t1 = ex.start.mono - lease, horizon(ex)
+        if any(e["ev"] in ("term", "kill") and owner in e["pids"] and t0 <= e["t_sent"] <= t1
+               for e in events):
+            return True
+        if any(c - s >= doubt and t0 <= s <= t1 for s, c in stops.get(owner, [])):
             return True
         if ex.end is None:
             return not (ex.start.kind == "cpu" and ex.start.attempt in hang)
@@ -273,14 +283,28 @@ def check(
             # lost, and each needs a kill, stop, SIGTERM or Redis restart to explain it
             since = max([plan["t0"], *(r for r in retried.get(job_id, []) if r < ex.start.mono)]
                         + [exs[j].start.mono for j in before])
-            skipped = ex.start.attempt - 1 - len(before)
+            skipped = ex.start.attempt - 1 - (exs[before[-1]].start.attempt if before else 0)
             if skipped > chaos_between(since, ex.start.mono):
                 rep.flag("attempts", f"job {job_id} ran attempt {ex.start.attempt} of {max_attempts} "
-                                     f"as its run #{len(before) + 1}: {skipped} claim(s) never started "
+                                     f"(run #{len(before) + 1}): {skipped} claim(s) before it never started "
                                      f"and no chaos since {ex.start.mono - since:.2f} s before")
             if ex.start.kind == "cpu" and ex.start.ppid == 1:
                 rep.flag("orphan", f"job {job_id} attempt {ex.start.attempt} started in cpu child "
                                    f"{ex.start.pid} after its worker had died")
+            # a stale claim: this run holds an older attempt number than a run that started
+            # before it, so it was claimed before that one. Allowed for a process stopped after
+            # it claimed (its lease expired: a zombie); not for one stopped before the job could
+            # be claimed at all (enqueued or retried during the stop): it was handed the job
+            newer = [exs[j] for j in before if exs[j].start.attempt > ex.start.attempt]
+            for s_, c_ in ex.stops:
+                became = [t for t in (plan["t0"], *retried.get(job_id, [])) if s_ < t < c_]
+                if newer and became and c_ <= ex.start.mono:
+                    rep.flag("handoff", f"job {job_id} attempt {ex.start.attempt} ran in pid "
+                                        f"{ex.start.pid} {ex.start.mono - c_:.3f} s after its SIGCONT, "
+                                        f"after attempt {newer[0].start.attempt} had run in pid "
+                                        f"{newer[0].start.pid}: the job became claimable "
+                                        f"{min(became) - s_:.3f} s after the process was stopped")
+                    break
             if not before:
                 continue
             prev = exs[before[-1]]
@@ -292,7 +316,7 @@ def check(
             if called_for:
                 continue
             rep.duplicates += 1
-            if not cuts[before[-1]]:
+            if not cuts[before[-1]] and not zombie(ex, ex.start.mono):
                 rep.flag("duplicates", f"job {job_id} ran again (attempt {ex.start.attempt}, pid "
                                        f"{ex.start.pid}) after an execution (attempt "
                                        f"{prev.start.attempt}, pid {prev.start.pid}, "
