@@ -217,6 +217,10 @@ def check(
             return True
         if any(c - s >= doubt and t0 <= s <= t1 for s, c in stops.get(owner, [])):
             return True
+        # a store that is down longer than a lease loses the leases of running jobs, and a verdict
+        # a worker could not store while it was down
+        if any(e["ev"] == "redis_down" and t0 <= e["t_sent"] <= t1 for e in events):
+            return True
         if ex.end is None:
             return not (ex.start.kind == "cpu" and ex.start.attempt in hang)
         return ex.end.outcome == "cancelled" and ex.start.attempt not in hang
