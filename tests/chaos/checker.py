@@ -139,6 +139,10 @@ def check(
         if e["opts"].get("supersede"):
             supersede_at[e["args"]["lane"]].append(i)
     stops = _stop_spans(events)
+    # SQLite has one writer: a process stopped while it holds the write lock stops every worker's
+    # renewals and acknowledgements with it, so there any stop may cost any execution its lease
+    shared_lock = backend == "sqlite"
+    stall = sorted({span for spans in stops.values() for span in spans})
 
     # -- executions --------------------------------------------------------------------------
     pending: dict[tuple[str, int, int], list[Execution]] = defaultdict(list)
@@ -162,7 +166,7 @@ def check(
             ):
                 ex.killed_at = e["t_sent"]
                 break
-        ex.stops = stops.get(ex.start.pid, [])
+        ex.stops = stall if shared_lock else stops.get(ex.start.pid, [])
     rep.executions = len(execs)
 
     def zombie(ex: Execution, t: float) -> bool:
@@ -215,7 +219,8 @@ def check(
         if any(e["ev"] in ("term", "kill") and owner in e["pids"] and t0 <= e["t_sent"] <= t1
                for e in events):
             return True
-        if any(c - s >= doubt and t0 <= s <= t1 for s, c in stops.get(owner, [])):
+        if any(c - s >= doubt and t0 <= s <= t1
+               for s, c in (stall if shared_lock else stops.get(owner, []))):
             return True
         # a store that is down longer than a lease loses the leases of running jobs, and a verdict
         # a worker could not store while it was down
@@ -300,7 +305,7 @@ def check(
             # it claimed (its lease expired: a zombie); not for one stopped before the job could
             # be claimed at all (enqueued or retried during the stop): it was handed the job
             newer = [exs[j] for j in before if exs[j].start.attempt > ex.start.attempt]
-            for s_, c_ in ex.stops:
+            for s_, c_ in stops.get(ex.start.pid, []):
                 became = [t for t in (plan["t0"], *retried.get(job_id, [])) if s_ < t < c_]
                 if newer and became and c_ <= ex.start.mono:
                     rep.flag("handoff", f"job {job_id} attempt {ex.start.attempt} ran in pid "
