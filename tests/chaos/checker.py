@@ -144,6 +144,13 @@ def check(
     shared_lock = backend == "sqlite"
     stall = sorted({span for spans in stops.values() for span in spans})
 
+    def own_stops(ex: Execution) -> list[tuple[float, float]]:
+        """When the execution's process, or the worker of a cpu child, was stopped."""
+        spans = stops.get(ex.start.pid, [])
+        if ex.start.kind == "cpu":
+            spans = sorted({*spans, *stops.get(ex.start.ppid, [])})
+        return spans
+
     # -- executions --------------------------------------------------------------------------
     pending: dict[tuple[str, int, int], list[Execution]] = defaultdict(list)
     execs: list[Execution] = []
@@ -166,7 +173,7 @@ def check(
             ):
                 ex.killed_at = e["t_sent"]
                 break
-        ex.stops = stall if shared_lock else stops.get(ex.start.pid, [])
+        ex.stops = stall if shared_lock else own_stops(ex)
     rep.executions = len(execs)
 
     def zombie(ex: Execution, t: float) -> bool:
@@ -219,8 +226,7 @@ def check(
         if any(e["ev"] in ("term", "kill") and owner in e["pids"] and t0 <= e["t_sent"] <= t1
                for e in events):
             return True
-        if any(c - s >= doubt and t0 <= s <= t1
-               for s, c in (stall if shared_lock else stops.get(owner, []))):
+        if any(c - s >= doubt and t0 <= s <= t1 for s, c in ex.stops):
             return True
         # a store that is down longer than a lease loses the leases of running jobs, and a verdict
         # a worker could not store while it was down
@@ -305,7 +311,7 @@ def check(
             # it claimed (its lease expired: a zombie); not for one stopped before the job could
             # be claimed at all (enqueued or retried during the stop): it was handed the job
             newer = [exs[j] for j in before if exs[j].start.attempt > ex.start.attempt]
-            for s_, c_ in stops.get(ex.start.pid, []):
+            for s_, c_ in own_stops(ex):
                 became = [t for t in (plan["t0"], *retried.get(job_id, [])) if s_ < t < c_]
                 if newer and became and c_ <= ex.start.mono:
                     rep.flag("handoff", f"job {job_id} attempt {ex.start.attempt} ran in pid "
