@@ -63,7 +63,8 @@ class Profile:
     cancel_rate: float = 1.5
     retry_rate: float = 1.0
     redis_restart_rate: float = 0.07
-    #: `def` attempts that sleep past their timeout, ignoring ctx (issue 7, defect 4)
+    #: `def` attempts that sleep past their timeout, and cancels of `def` jobs, which keep running
+    #: their thread (they ignore ctx) while the worker frees their lane (issue 7, defect 4)
     def_hang: bool = True
     #: SIGTERM to a worker's whole process group, cpu children included (issue 7, defect 11)
     term_group: bool = True
@@ -94,6 +95,7 @@ class ChaosRun:
         self.sessions: list[WorkerSession | None] = []
         self.restart_at: dict[int, float] = {}
         self.accepted: list[str] = []
+        self.kinds: dict[str, str] = {}
         self.n = 0
         self._log = None
 
@@ -224,12 +226,13 @@ class ChaosRun:
                  dedup_of=stored.id if dedup else None)
         if not dedup:
             self.accepted.append(record.id)
+            self.kinds[record.id] = task
 
-    def _pick_job(self) -> str | None:
-        if not self.accepted:
-            return None
+    def _pick_job(self, verb: str) -> str | None:
         recent = self.accepted[-300:]
-        return self.rng.choice(recent)
+        if verb == "cancel" and not self.profile.def_hang:
+            recent = [j for j in recent if self.kinds[j] != "chaos_def"]
+        return self.rng.choice(recent) if recent else None
 
     async def _cancel(self) -> None:
         await self._by_hand("cancel")
@@ -239,7 +242,7 @@ class ChaosRun:
 
     async def _by_hand(self, verb: str) -> None:
         assert self.store is not None
-        job_id = self._pick_job()
+        job_id = self._pick_job(verb)
         if job_id is None:
             return
         before = "?"

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,redis", help="comma-separated: sqlite,redis")
     parser.add_argument("--dir", type=Path, default=None, help="keep journals here (default: a temp dir)")
     parser.add_argument("--no-def-hang", action="store_true",
-                        help="leave out `def` attempts that outlive their timeout (defect 4)")
+                        help="leave out `def` attempts past their timeout, cancels of `def` jobs (defect 4)")
     parser.add_argument("--no-term-group", action="store_true",
                         help="leave out SIGTERM to a worker's whole process group (defect 11)")
     parser.add_argument("--cpu-timeout", type=float, default=0.8,

@@ -4,8 +4,9 @@
 per backend. The ingredients that break a defect known today (issue 7) are left out or softened;
 turn each back on here once its fix is merged:
 
-- ``def_hang=False``: a ``def`` attempt that outlives its timeout keeps its thread while the worker
-  frees its slot and lane, so a lane runs two jobs at once (defect 4);
+- ``def_hang=False``: a ``def`` attempt that outlives its timeout, or is cancelled while it runs,
+  keeps its thread while the worker frees its slot and lane, so a lane runs two jobs at once
+  (defect 4); no such attempts, and no cancels of ``def`` jobs;
 - ``term_group=False``: SIGTERM to a worker's whole process group fails its running ``cpu=True``
   jobs with ``ProcessDied``; a supervised worker gets the signal twice (from the group and from its
   supervisor) and exits at once, leaving cpu children to start jobs after it died (defect 11);
