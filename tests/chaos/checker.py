@@ -102,7 +102,7 @@ def _stop_spans(events: list[dict[str, Any]]) -> dict[int, list[tuple[float, flo
 
 def check(
     backend: str, starts: list[Start], ends: list[End], events: list[dict[str, Any]],
-    records: list[JobRecord], *, lease: float, max_lost_leases: int | None,
+    records: list[JobRecord], *, lease: float, grace: float, max_lost_leases: int | None,
 ) -> Report:
     """Check every promise; return the report (``violations`` empty when all hold)."""
     rep = Report(backend)
@@ -192,7 +192,9 @@ def check(
         """
         n = 0
         for e in events:
-            if e["ev"] not in ("kill", "stop", "term", "redis_down") or not t0 <= e["t_sent"] <= t1:
+            if e["ev"] not in ("kill", "stop", "term", "redis_down"):
+                continue
+            if not t0 - (grace if e["ev"] == "term" else 0.0) <= e["t_sent"] <= t1:
                 continue
             lead = e.get("pids", [None])[0] if e.get("pids") else None
             if lead is not None and any(s <= t0 and c >= e["t_sent"] for s, c in stops.get(lead, [])):
@@ -223,8 +225,9 @@ def check(
             return True
         owner = ex.start.ppid if ex.start.kind == "cpu" else ex.start.pid
         t0, t1 = ex.start.mono - lease, horizon(ex)
-        if any(e["ev"] in ("term", "kill") and owner in e["pids"] and t0 <= e["t_sent"] <= t1
-               for e in events):
+        # a SIGTERMed worker releases what still runs when its grace period ends
+        if any(e["ev"] in ("term", "kill") and owner in e["pids"]
+               and t0 - (grace if e["ev"] == "term" else 0.0) <= e["t_sent"] <= t1 for e in events):
             return True
         if any(c - s >= doubt and t0 <= s <= t1 for s, c in ex.stops):
             return True

@@ -15,12 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from conveyor.model import JobRecord
+
 from . import app
 from .checker import Report, check
 from .driver import ChaosRun, Profile
 from .journal import read_driver_log, read_journal
 
-__all__ = ["format_table", "main", "run_backend"]
+__all__ = ["check_run", "format_table", "main", "run_backend"]
 
 HEADER = ("backend", "jobs", "execs", "kills", "stops", "terms", "redis restarts", "crashes",
           "duplicates", "violations")
@@ -29,10 +31,16 @@ HEADER = ("backend", "jobs", "execs", "kills", "stops", "terms", "redis restarts
 async def run_backend(backend: str, profile: Profile, directory: Path) -> Report:
     """One backend's chaos run in ``directory``, checked."""
     records = await ChaosRun(backend, profile, directory).run()
+    return check_run(backend, directory, records)
+
+
+def check_run(backend: str, directory: Path, records: list[JobRecord]) -> Report:
+    """Check the journals a run left in ``directory`` against the store it ended with."""
     starts, ends = read_journal(directory / "journal.log")
     events = read_driver_log(directory / "driver.log")
-    return check(backend, starts, ends, events, records, lease=app.SETTINGS.lease,
-                 max_lost_leases=app.SETTINGS.max_lost_leases)
+    settings = app.SETTINGS
+    return check(backend, starts, ends, events, records, lease=settings.lease, grace=settings.grace,
+                 max_lost_leases=settings.max_lost_leases)
 
 
 def format_table(reports: list[Report]) -> str:

@@ -28,11 +28,8 @@ from pathlib import Path
 import pytest
 from redis_server import redis_server_binary  # tests/ is on sys.path
 
-from . import app
-from .checker import check
 from .driver import ChaosRun, Profile
-from .journal import read_driver_log, read_journal
-from .run import format_table
+from .run import check_run, format_table
 
 SHORT = Profile(seconds=25.0, seed=7, def_hang=False, term_group=False, cpu_timeout=3.0,
                 drain_timeout=90.0)
@@ -51,9 +48,7 @@ async def test_chaos_short_profile_breaks_no_promise(backend: str) -> None:
         profile = dataclasses.replace(SHORT, kill_rate=0.0, stop_rate=0.0, term_rate=0.3,
                                       redis_restart_rate=0.15)
     records = await ChaosRun(backend, profile, directory).run()
-    starts, ends = read_journal(directory / "journal.log")
-    report = check(backend, starts, ends, read_driver_log(directory / "driver.log"), records,
-                   lease=app.SETTINGS.lease, max_lost_leases=app.SETTINGS.max_lost_leases)
+    report = check_run(backend, directory, records)
     summary = format_table([report]) + f"\njournals and store kept in {directory}"
     if not report.violations:
         shutil.rmtree(directory, ignore_errors=True)
@@ -71,9 +66,7 @@ async def test_chaos_long_profile_breaks_no_promise(backend: str) -> None:
         pytest.skip("redis-server is not installed")
     directory = Path(tempfile.mkdtemp(prefix=f"conveyor-chaos-long-{backend}-"))
     records = await ChaosRun(backend, Profile(seconds=300.0, seed=2026), directory).run()
-    starts, ends = read_journal(directory / "journal.log")
-    report = check(backend, starts, ends, read_driver_log(directory / "driver.log"), records,
-                   lease=app.SETTINGS.lease, max_lost_leases=app.SETTINGS.max_lost_leases)
+    report = check_run(backend, directory, records)
     summary = format_table([report]) + f"\njournals and store kept in {directory}"
     assert not report.violations, summary + "\n" + "\n".join(report.violations[:30])
     shutil.rmtree(directory, ignore_errors=True)
