@@ -22,7 +22,7 @@ from .checker import Report, check
 from .driver import ChaosRun, Profile
 from .journal import read_driver_log, read_journal
 
-__all__ = ["check_run", "format_table", "main", "run_backend"]
+__all__ = ["check_run", "format_table", "main", "run_backend", "short_profile"]
 
 HEADER = ("backend", "jobs", "execs", "kills", "stops", "terms", "redis restarts", "crashes",
           "duplicates", "violations")
@@ -32,6 +32,19 @@ async def run_backend(backend: str, profile: Profile, directory: Path) -> Report
     """One backend's chaos run in ``directory``, checked."""
     records = await ChaosRun(backend, profile, directory).run()
     return check_run(backend, directory, records)
+
+
+def short_profile(backend: str, seed: int = 7, seconds: float = 25.0) -> Profile:
+    """The short profile ``make test`` runs: the ingredients of today's known defects left out.
+
+    See ``test_chaos_short.py`` for which, and why; turn each back on once its fix is merged.
+    """
+    profile = Profile(seconds=seconds, seed=seed, def_hang=False, term_group=False, cpu_timeout=3.0,
+                      drain_timeout=90.0)
+    if backend == "redis":  # defect 5
+        profile = dataclasses.replace(profile, kill_rate=0.0, stop_rate=0.0, term_rate=0.3,
+                                      redis_restart_rate=0.15)
+    return profile
 
 
 def check_run(backend: str, directory: Path, records: list[JobRecord]) -> Report:
@@ -64,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out `def` attempts past their timeout, cancels of `def` jobs (defect 4)")
     parser.add_argument("--no-term-group", action="store_true",
                         help="leave out SIGTERM to a worker's whole process group (defect 11)")
+    parser.add_argument("--short", action="store_true",
+                        help="the short profile of make test (known defects' ingredients left out)")
     parser.add_argument("--cpu-timeout", type=float, default=0.8,
                         help="timeout of a cpu job's hanging attempt (seconds)")
     args = parser.parse_args(argv)
@@ -76,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for backend in args.backends.split(","):
         started = time.monotonic()
-        report = asyncio.run(run_backend(backend, profile, base / backend))
+        run_profile = short_profile(backend, seed, args.seconds) if args.short else profile
+        report = asyncio.run(run_backend(backend, run_profile, base / backend))
         print(f"{backend}: checked in {time.monotonic() - started:.0f} s; statuses "
               f"{dict(report.statuses)}", flush=True)
         reports.append(report)

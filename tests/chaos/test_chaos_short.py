@@ -1,8 +1,9 @@
 """The short chaos profile, run by ``make test``: no promise broken under kills, stops and restarts.
 
 ``make chaos`` runs the long profile (``python -m tests.chaos``); this one runs about 25 s of chaos
-per backend. The ingredients that break a defect known today (issue 7) are left out or softened;
-turn each back on here once its fix is merged:
+per backend (``python -m tests.chaos --short`` runs the same). The ingredients that break a defect
+known today (issue 7) are left out or softened in ``run.short_profile``; turn each back on there
+once its fix is merged:
 
 - ``def_hang=False``: a ``def`` attempt that outlives its timeout, or is cancelled while it runs,
   keeps its thread while the worker frees its slot and lane, so a lane runs two jobs at once
@@ -20,7 +21,6 @@ turn each back on here once its fix is merged:
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,10 +29,7 @@ import pytest
 from redis_server import redis_server_binary  # tests/ is on sys.path
 
 from .driver import ChaosRun, Profile
-from .run import check_run, format_table
-
-SHORT = Profile(seconds=25.0, seed=7, def_hang=False, term_group=False, cpu_timeout=3.0,
-                drain_timeout=90.0)
+from .run import check_run, format_table, short_profile
 
 
 @pytest.mark.timeout(240)
@@ -43,11 +40,7 @@ async def test_chaos_short_profile_breaks_no_promise(backend: str) -> None:
         pytest.skip("redis-server is not installed")
     # not tmp_path: pytest prunes old temp dirs, and the journals of a failed run must stay
     directory = Path(tempfile.mkdtemp(prefix=f"conveyor-chaos-short-{backend}-"))
-    profile = SHORT
-    if backend == "redis":  # defect 5: see the module docstring
-        profile = dataclasses.replace(SHORT, kill_rate=0.0, stop_rate=0.0, term_rate=0.3,
-                                      redis_restart_rate=0.15)
-    records = await ChaosRun(backend, profile, directory).run()
+    records = await ChaosRun(backend, short_profile(backend), directory).run()
     report = check_run(backend, directory, records)
     summary = format_table([report]) + f"\njournals and store kept in {directory}"
     if not report.violations:
