@@ -38,6 +38,8 @@ __all__ = ["Report", "check"]
 
 #: seconds of slack when comparing a task's wall clock with a stored time (stores keep ms)
 WALL_SLACK = 0.002
+#: seconds a SIGTERMed worker may take past its grace period to release its jobs and exit
+SHUTDOWN_SLACK = 10.0
 
 
 @dataclass(slots=True)
@@ -340,6 +342,20 @@ def check(
                                        f"{prev.start.attempt}, pid {prev.start.pid}, "
                                        f"{prev.end.outcome if prev.end else 'no end'}) nothing "
                                        f"interrupted")
+
+    # -- shutdown ----------------------------------------------------------------------------
+    # a SIGTERMed worker lets its jobs run for `grace` seconds, releases the rest, and exits
+    for e in events:
+        if e["ev"] != "term" or "pid" not in e:
+            continue
+        gone = [x for x in events if x["ev"] in ("exit", "kill") and x.get("pid") == e["pid"]
+                and x["t"] >= e["t_sent"]]
+        took = (gone[0]["t"] if gone else float("inf")) - e["t_sent"]
+        if took > grace + SHUTDOWN_SLACK:
+            how = "exited" if gone and gone[0]["ev"] == "exit" else "was still running and was killed"
+            rep.flag("shutdown", f"worker {e['pid']} (slot {e['slot']}) got SIGTERM"
+                                 f"{' (process group)' if e['group'] else ''} and {how} "
+                                 f"{took:.1f} s later (grace {grace:g} s)")
 
     # -- lanes -------------------------------------------------------------------------------
     lanes: dict[str, list[Execution]] = defaultdict(list)

@@ -289,7 +289,7 @@ class ChaosRun:
                 return
         t = time.monotonic()
         pids = session.kill()
-        self.log("kill", t_sent=t, slot=slot, pids=pids, whole=True)
+        self.log("kill", t_sent=t, slot=slot, pid=session.pid, pids=pids, whole=True)
         self.sessions[slot] = None
         self.restart_at[slot] = time.monotonic() + self.rng.uniform(0.2, 2.0)
 
@@ -324,7 +324,7 @@ class ChaosRun:
         else:
             session.popen.send_signal(signal.SIGTERM)
         session.terminating = True
-        self.log("term", t_sent=t, slot=slot, pids=pids, group=group)
+        self.log("term", t_sent=t, slot=slot, pid=session.pid, pids=pids, group=group)
 
     def _cont(self, slot: int) -> None:
         session = self.sessions[slot]
@@ -384,22 +384,25 @@ class ChaosRun:
             if session.alive and not session.terminating:
                 session.popen.send_signal(signal.SIGTERM)
                 session.terminating = True
-                self.log("term", t_sent=time.monotonic(), slot=slot, pids=session.pids(), group=False,
+                self.log("term", t_sent=time.monotonic(), slot=slot, pid=session.pid,
+                         pids=session.pids(), group=False,
                          drain=True)
         for _ in range(int((app.SETTINGS.grace + 10) / TICK)):
-            if not any(s is not None and s.alive for s in self.sessions):
+            for slot, session in enumerate(self.sessions):
+                if session is not None and not session.alive:
+                    self.log("exit", slot=slot, pid=session.pid, rc=session.popen.returncode,
+                             expected=True)
+                    self.sessions[slot] = None
+            if not any(self.sessions):
                 break
             await asyncio.sleep(TICK)
         for slot, session in enumerate(self.sessions):
-            if session is None:
-                continue
-            if session.alive:
+            if session is not None:
                 t = time.monotonic()
                 pids = session.kill()
-                self.log("kill", t_sent=t, slot=slot, pids=pids, whole=True, drain=True)
-            else:
-                self.log("exit", slot=slot, pid=session.pid, rc=session.popen.returncode, expected=True)
-            self.sessions[slot] = None
+                self.log("kill", t_sent=t, slot=slot, pid=session.pid, pids=pids, whole=True,
+                         drain=True)
+                self.sessions[slot] = None
         self.restart_at.clear()
         self.log("drain_start")
         clean = [self._start_worker(slot, clean=True) for slot in range(2)]
