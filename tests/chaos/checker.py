@@ -243,10 +243,10 @@ def check(
 
     # -- final status and results ------------------------------------------------------------
     store = {r.id: r for r in records}
-    for rec in records:
-        rep.statuses[rec.status.value] += 1
-        if rec.id not in order:
-            rep.flag("final", f"job {rec.id} is in the store but was never enqueued by the driver")
+    for stored in records:
+        rep.statuses[stored.status.value] += 1
+        if stored.id not in order:
+            rep.flag("final", f"job {stored.id} is in the store but was never enqueued by the driver")
     for job_id in accepted:
         rec = store.get(job_id)
         plan = plans[job_id]
@@ -259,10 +259,10 @@ def check(
         _check_verdict(rep, rec, plan, by_job[job_id], cancels.get(job_id, []), supersede_at,
                        order, interrupted, max_lost_leases)
     for job_id in order:
-        rec = store.get(job_id)
-        if rec is None or rec.finished_at is None:
+        final = store.get(job_id)
+        if final is None or final.finished_at is None:
             continue
-        done = rec.finished_at.timestamp()
+        done = final.finished_at.timestamp()
         for ex in by_job[job_id]:
             if ex.start.wall > done + WALL_SLACK and not zombie(ex, ex.start.mono):
                 rep.flag("finished", f"job {job_id} started (attempt {ex.start.attempt}, pid "
@@ -284,11 +284,11 @@ def check(
 
     # -- attempts and duplicates -------------------------------------------------------------
     for job_id, exs in by_job.items():
-        plan = plans.get(job_id)
-        if plan is None:
+        enqueued = plans.get(job_id)
+        if enqueued is None:
             rep.flag("journal", f"an execution of job {job_id}, which the driver never enqueued")
             continue
-        max_attempts, hang = plan["opts"]["retries"], plan["args"]["hang"]
+        max_attempts, hang = enqueued["opts"]["retries"], enqueued["args"]["hang"]
         cuts = [interrupted(ex) for ex in exs]
         rep.interrupted += sum(cuts)
         epochs = 1 + len(retried.get(job_id, []))
@@ -296,12 +296,12 @@ def check(
             rep.flag("attempts", f"job {job_id} started {len(exs)} times: policy {max_attempts} x "
                                  f"{epochs} epoch(s) + {sum(cuts)} interrupted")
         for i, ex in enumerate(exs):
-            e = epoch(job_id, ex.start.mono)
-            before = [j for j in range(i) if epoch(job_id, exs[j].start.mono) == e]
+            era = epoch(job_id, ex.start.mono)
+            before = [j for j in range(i) if epoch(job_id, exs[j].start.mono) == era]
             # every claim counts an attempt, also one whose worker died before the task started
             # (a lost lease gives none back): attempt numbers the journal never saw are claims
             # lost, and each needs a kill, stop, SIGTERM or Redis restart to explain it
-            since = max([plan["t0"], *(r for r in retried.get(job_id, []) if r < ex.start.mono)]
+            since = max([enqueued["t0"], *(r for r in retried.get(job_id, []) if r < ex.start.mono)]
                         + [exs[j].start.mono for j in before])
             skipped = ex.start.attempt - 1 - (exs[before[-1]].start.attempt if before else 0)
             if skipped > chaos_between(since, ex.start.mono):
@@ -317,7 +317,7 @@ def check(
             # be claimed at all (enqueued or retried during the stop): it was handed the job
             newer = [exs[j] for j in before if exs[j].start.attempt > ex.start.attempt]
             for s_, c_ in own_stops(ex):
-                became = [t for t in (plan["t0"], *retried.get(job_id, [])) if s_ < t < c_]
+                became = [t for t in (enqueued["t0"], *retried.get(job_id, [])) if s_ < t < c_]
                 if newer and became and c_ <= ex.start.mono:
                     rep.flag("handoff", f"job {job_id} attempt {ex.start.attempt} ran in pid "
                                         f"{ex.start.pid} {ex.start.mono - c_:.3f} s after its SIGCONT, "

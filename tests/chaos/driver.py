@@ -211,7 +211,7 @@ class ChaosRun:
     async def _enqueue_one(self) -> None:
         assert self.store is not None
         task, args, opts = self._plan()
-        prepared = TASKS[task].options(**opts).prepare(**args)  # type: ignore[attr-defined]
+        prepared = TASKS[task].options(**opts).prepare(**args)
         record = prepared.record
         shown = {k: (v.attempts if isinstance(v, Retry) else v) for k, v in opts.items()}
         t0 = time.monotonic()
