@@ -141,6 +141,12 @@ def check(
         if e["opts"].get("supersede"):
             supersede_at[e["args"]["lane"]].append(i)
     stops = _stop_spans(events)
+    outages: list[tuple[float, float]] = []  # when Redis was down
+    for e in events:
+        if e["ev"] == "redis_down":
+            outages.append((e["t_sent"], float("inf")))
+        elif e["ev"] == "redis_up" and outages:
+            outages[-1] = (outages[-1][0], e["t"])
     # SQLite has one writer: a process stopped while it holds the write lock stops every worker's
     # renewals and acknowledgements with it, so there any stop may cost any execution its lease
     shared_lock = backend == "sqlite"
@@ -187,14 +193,14 @@ def check(
         )
 
     def chaos_between(t0: float, t1: float) -> int:
-        """How many signals or Redis restarts in [t0, t1] could have cost a claimed job its run.
+        """How many signals or Redis outages in [t0, t1] could have cost a claimed job its run.
 
         A worker stopped all along cannot have claimed anything in the window, so its signals
         do not count.
         """
         n = 0
         for e in events:
-            if e["ev"] not in ("kill", "stop", "term", "redis_down"):
+            if e["ev"] not in ("kill", "stop", "term"):
                 continue
             if not t0 - (grace if e["ev"] == "term" else 0.0) <= e["t_sent"] <= t1:
                 continue
@@ -202,7 +208,7 @@ def check(
             if lead is not None and any(s <= t0 and c >= e["t_sent"] for s, c in stops.get(lead, [])):
                 continue
             n += 1
-        return n
+        return n + sum(down <= t1 and up >= t0 for down, up in outages)
 
     def epoch(job: str, t: float) -> int:
         return sum(r < t for r in retried.get(job, []))
@@ -235,7 +241,7 @@ def check(
             return True
         # a store that is down longer than a lease loses the leases of running jobs, and a verdict
         # a worker could not store while it was down
-        if any(e["ev"] == "redis_down" and t0 <= e["t_sent"] <= t1 for e in events):
+        if any(down <= t1 and up >= t0 for down, up in outages):
             return True
         if ex.end is None:
             return not (ex.start.kind == "cpu" and ex.start.attempt in hang)
