@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                       term_group=not args.no_term_group, cpu_timeout=args.cpu_timeout)
     base = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     print(f"chaos: {args.seconds:g} s per backend, seed {seed}, journals in {base}", flush=True)
-    print(f"profile: {dataclasses.asdict(profile)}", flush=True)
     reports = []
     for backend in args.backends.split(","):
         started = time.monotonic()
         run_profile = short_profile(backend, seed, args.seconds) if args.short else profile
+        print(f"{backend} profile: {dataclasses.asdict(run_profile)}", flush=True)
         report = asyncio.run(run_backend(backend, run_profile, base / backend))
         print(f"{backend}: checked in {time.monotonic() - started:.0f} s; statuses "
               f"{dict(report.statuses)}", flush=True)
