@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := src tests benchmarks examples
 
-.PHONY: help venv e2e-deps test lint typecheck pytest demo demo-worker bench bench-peers clean distclean
+.PHONY: help venv e2e-deps test lint typecheck pytest chaos demo demo-worker bench bench-peers clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ test: venv e2e-deps ## lint, type-check, then the test suite; fails on the first
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+CHAOS_SECONDS ?= 300
+CHAOS_SEED ?=
+
+chaos: venv ## workers SIGKILLed/stopped/restarted on SQLite and Redis, every promise checked (CHAOS_SECONDS=300 each, CHAOS_SEED=)
+	$(BIN)/python -m tests.chaos --seconds $(CHAOS_SECONDS) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 demo: venv ## the FastAPI demo on SQLite: app + dashboard served, driven for you; exits by itself
 	$(BIN)/python examples/fastapi_demo.py

@@ -1,0 +1,7 @@
+"""``python -m tests.chaos``: see ``run.py``."""
+
+import sys
+
+from .run import main
+
+sys.exit(main())
