@@ -190,7 +190,12 @@ def _supervise(argv: list[str], processes: int) -> int:
             else:
                 log.error("worker process %d exited with %d; starting another", child.pid, rc)
                 time.sleep(0.5)
-                children.append(spawn())
+                if stopping:  # a stop came during the pause: start nothing more
+                    continue
+                fresh = spawn()
+                children.append(fresh)
+                if stopping:  # ...or while it was starting, before `forward` could see it
+                    fresh.send_signal(signal.SIGUSR1)
     return code
 
 
