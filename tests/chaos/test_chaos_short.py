@@ -22,6 +22,7 @@ import pytest
 from redis_server import redis_server_binary  # tests/ is on sys.path
 
 from .driver import ChaosRun, Profile
+from .run import check_run, format_table, short_profile
 
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 
@@ -31,7 +32,6 @@ def _skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(f"!!! {reason}; Redis chaos untested !!!")
-from .run import check_run, format_table, short_profile
 
 
 @pytest.mark.timeout(240)
