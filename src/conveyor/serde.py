@@ -320,23 +320,25 @@ def error_info(exc: BaseException) -> ErrorInfo:
     try:
         module, qualname = cls.__module__, cls.__qualname__
         name = qualname if module == "builtins" else f"{module}.{qualname}"
-    except Exception:
+    except BaseException:
         name = "Exception"
+    # user code runs here (__str__, __notes__, frames' __repr__), and it may raise anything, even
+    # SystemExit or KeyboardInterrupt: none of it may escape, or the worker itself would stop
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         try:
             message = f"<{cls.__qualname__} whose str() failed>"
-        except Exception:
+        except BaseException:
             message = "<an exception whose str() failed>"
     if not message and not isinstance(exc, Exception):
         message = name  # KeyboardInterrupt(), GeneratorExit(): say what ended the task
     try:
         trace = "".join(traceback.format_exception(exc))
-    except Exception as broken:
+    except BaseException as broken:
         try:
             frames = "".join(traceback.format_tb(exc.__traceback__))
-        except Exception:
+        except BaseException:
             frames = ""
         why = type(broken).__name__
         trace = f"{frames}{name}: {message}\n(the full traceback could not be formatted: {why})\n"

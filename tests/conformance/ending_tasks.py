@@ -22,6 +22,17 @@ class StrRaises(Exception):
         raise RuntimeError("__repr__ is broken")
 
 
+class StrExits(Exception):
+    """An exception whose ``__str__`` raises what is not an Exception (set by ``kind``)."""
+
+    def __init__(self, raises: BaseException) -> None:
+        super().__init__()
+        self.raises = raises
+
+    def __str__(self) -> str:
+        raise self.raises
+
+
 class NotesRaise(Exception):
     """An exception whose traceback cannot be formatted (reading its notes raises)."""
 
@@ -40,6 +51,10 @@ ENDINGS: dict[str, str] = {
     "system_exit": "SystemExit",
     "generator_exit": "GeneratorExit",
     "str_raises": "StrRaises",
+    "str_raises_system_exit": "StrExits",
+    "str_raises_keyboard_interrupt": "StrExits",
+    "str_raises_cancelled_error": "StrExits",
+    "str_raises_generator_exit": "StrExits",
     "notes_raise": "NotesRaise",
     "odd_class_name": "Odd Name",
     "surrogate_message": "ValueError",
@@ -59,6 +74,14 @@ def end(kind: str) -> Any:
         raise GeneratorExit()
     if kind == "str_raises":
         raise StrRaises("hidden")
+    if kind == "str_raises_system_exit":
+        raise StrExits(SystemExit(0))
+    if kind == "str_raises_keyboard_interrupt":
+        raise StrExits(KeyboardInterrupt())
+    if kind == "str_raises_cancelled_error":
+        raise StrExits(asyncio.CancelledError())
+    if kind == "str_raises_generator_exit":
+        raise StrExits(GeneratorExit())
     if kind == "notes_raise":
         raise NotesRaise("notes")
     if kind == "odd_class_name":

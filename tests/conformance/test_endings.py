@@ -233,3 +233,40 @@ async def test_progress_in_a_tight_loop_is_coalesced_and_the_last_one_stored(
     writes = [ev for ev in await queue.backend.events(job.id) if ev.type == "progress"]
     assert 1 <= len(writes) <= 200, f"{len(writes)} progress writes for 10,000 reports"
     assert writes[-1].data == {"fraction": 1.0, "message": "10000"}
+
+
+@pytest.mark.parametrize("late", ["timeout", "cancel"])
+async def test_a_stop_that_comes_while_the_verdict_is_stored_changes_nothing(
+    queue: Queue, late: str
+) -> None:
+    """A timeout or cancel landing after the body returned, while its last progress is stored, is too late."""
+    stored = asyncio.Event()
+
+    @queue.task(timeout=0.3 if late == "timeout" else None)
+    async def quick(ctx: Context) -> str:
+        ctx.progress(1.0, "done")  # not awaited: stored when the attempt settles
+        return "ok"
+
+    await queue.open()
+    backend = queue.backend
+    write_progress = backend.progress
+
+    async def slow_progress(lease: Any, fraction: float, message: str) -> bool:
+        # a busy store: the last report is still being written when the stop comes
+        if late == "timeout":
+            await asyncio.sleep(0.6)  # past the 0.3 s timeout
+        else:
+            await queue.job(lease.job_id).cancel()
+            await asyncio.sleep(0.3)  # the cancel request reaches the worker meanwhile
+        ok = await write_progress(lease, fraction, message)
+        stored.set()
+        return ok
+
+    backend.progress = slow_progress  # type: ignore[method-assign]
+    job = await quick.enqueue()
+    async with queue.worker(concurrency=1):
+        assert await job.result(timeout=RESULT_TIMEOUT) == "ok"
+    assert stored.is_set()
+    info = await job.info()
+    assert (info.status, info.attempts) == ("succeeded", 1)
+    assert info.progress is not None and info.progress["message"] == "done"

@@ -66,6 +66,7 @@ class Attempt:
     in_thread: bool = False  # ... and is running there now: a stop waits for it
     stopped_at: float | None = None  # loop time of the stop request
     progress: ProgressWriter | None = None  # made on the first report
+    settling: bool = False  # the body has ended: its verdict is being stored, stops come too late
 
 
 class Runner:
@@ -130,7 +131,7 @@ class Runner:
 
     def interrupt(self, run: Attempt, reason: StopReason) -> None:
         """Stop a running job: cancel its coroutine (kills a process); a thread is told and awaited."""
-        if run.reason is not None or run.task is None or run.task.done():
+        if run.reason is not None or run.settling or run.task is None or run.task.done():
             return
         run.reason = reason
         run.stopped_at = run.task.get_loop().time()
@@ -189,6 +190,11 @@ class Runner:
                 log.warning("job %s (%s): %s; putting it back", run.record.id, run.record.task, exc)
                 run.reason = "shutdown"
             failure = exc
+        # the body has ended: a timeout, cancel or shutdown from now on comes too late, and must
+        # not cancel the storing of this verdict (the job would stay running with no verdict)
+        run.settling = True
+        if run.timer is not None:
+            run.timer.cancel()
         if run.reason is not None:
             # stopped (perhaps the task turned our cancel into something else): honour the stop
             await self._stopped_early(run, task)
