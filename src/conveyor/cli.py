@@ -176,6 +176,9 @@ def _supervise(argv: list[str], processes: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     children.extend(spawn() for _ in range(processes))
+    if stopping:  # a stop came while they were starting, before `forward` could see them all
+        for child in children:
+            child.send_signal(signal.SIGUSR1)
     log.info("supervising %d worker processes: %s", processes, [c.pid for c in children])
     code = 0
     while children:
@@ -186,7 +189,7 @@ def _supervise(argv: list[str], processes: int) -> int:
                 continue
             children.remove(child)
             if stopping:
-                code = max(code, rc)
+                code = max(code, _exit_code(rc))
             else:
                 log.error("worker process %d exited with %d; starting another", child.pid, rc)
                 time.sleep(0.5)
@@ -197,6 +200,19 @@ def _supervise(argv: list[str], processes: int) -> int:
                 if stopping:  # ...or while it was starting, before `forward` could see it
                     fresh.send_signal(signal.SIGUSR1)
     return code
+
+
+def _exit_code(rc: int) -> int:
+    """A child's exit status as a shell reports it: 128 + N for a death by signal N.
+
+    A child stopped by the forwarded stop before it could install its handlers (it was still
+    starting, so it ran nothing) counts as a clean exit.
+    """
+    if rc >= 0:
+        return rc
+    if -rc in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        return 0
+    return 128 - rc
 
 
 def _without_processes(argv: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections import defaultdict
 from pathlib import Path
@@ -119,3 +120,19 @@ async def test_stop_signal_to_the_whole_group_drains_every_process(
     assert "exiting now" not in proc.output()
     for job in jobs:
         assert (await job.status()) == "succeeded"
+
+
+async def test_a_stop_while_a_crashed_worker_is_replaced_ends_the_supervisor(
+    app_queue: Queue, workers: Workers
+) -> None:
+    """SIGTERM to the supervisor just as it replaces a crashed worker: it starts none and exits."""
+    proc = workers.start("--processes", "2", "--concurrency", "2")
+    await until(lambda: proc.output().count(" started on ") == 2, 20, "both worker processes up")
+    # each worker logs "worker <host>:<pid>:<token> started on ..."
+    children = [int(m) for m in re.findall(r"worker [^\s:]+:(\d+):\w+ started on ", proc.output())]
+    os.kill(children[0], signal.SIGKILL)
+    await until(lambda: "starting another" in proc.output(), 10, "the supervisor saw the crash")
+    proc.signal(signal.SIGTERM)  # to the supervisor alone, during its pause before the restart
+    assert await proc.wait_exit(20) == 0, proc.output()[-3000:]
+    await until(lambda: process_gone(children[1]), 10, "the other worker stopped too")
+    assert proc.output().count(" started on ") == 2, "no replacement was started after the stop"
