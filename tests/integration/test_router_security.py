@@ -154,3 +154,17 @@ async def test_a_message_with_a_lone_surrogate_is_still_served(queue: Queue) -> 
         async with client.stream("GET", f"/jobs/{job.id}/events") as stream:
             body = (await stream.aread()).decode()
         assert "\\udcff" in body and "failed" in body
+
+
+async def test_event_positions_past_64_bits_are_refused(queue: Queue) -> None:
+    """A Last-Event-ID or ?after= beyond a 64-bit seq is a 422, never a 500 from the store."""
+
+    @queue.task
+    async def noop() -> None: ...
+
+    job = await noop.enqueue()
+    async with client_for(make_app(queue)) as client:
+        huge = str(2**70)
+        by_header = await client.get(f"/jobs/{job.id}/events", headers={"Last-Event-ID": huge})
+        by_query = await client.get(f"/jobs/{job.id}/events", params={"after": huge})
+        assert (by_header.status_code, by_query.status_code) == (422, 422)

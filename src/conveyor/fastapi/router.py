@@ -95,6 +95,8 @@ _CsrfHeader = Annotated[
 _FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {"model": ProblemOut, "description": "The X-Conveyor header is missing"}
 }
+# an event seq is a 64-bit integer in every store; a larger one is a 422, not a 500
+_MAX_SEQ = 2**63 - 1
 _RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 _CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.CANCELLED})
 
@@ -186,10 +188,12 @@ def job_router(
     async def job_events(
         job_id: JobId,
         last_event_id: Annotated[
-            int | None, Header(ge=0, description="resume after this event (sent by EventSource)")
+            int | None,
+            Header(ge=0, le=_MAX_SEQ, description="resume after this event (sent by EventSource)"),
         ] = None,
         after: Annotated[
-            int | None, Query(ge=0, description="start after this event seq (when no header)")
+            int | None,
+            Query(ge=0, le=_MAX_SEQ, description="start after this event seq (when no header)"),
         ] = None,
     ) -> Response:
         """Every status change and progress report of the job: past ones first, then live.

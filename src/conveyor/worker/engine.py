@@ -116,9 +116,13 @@ class Worker:
         """Open the backend and start claiming in the background of this event loop."""
         if self._started:
             return
-        self._started = True
+        # started only once everything is up: a start that failed (the backend is down) can be
+        # tried again, and stop() after it has nothing to stop
         await self.queue.open()
         self._unwatch = await self.queue.backend.watch_cancellations(self._cancel_pushed)
+        if self._started:  # another start() finished while this one awaited
+            return
+        self._started = True
         self._watchdog.start()
         for coro in (self._claim_loop(), self._ack_loop(), self._lease_loop(),
                      self._cancel_loop(), self._recover_loop()):
