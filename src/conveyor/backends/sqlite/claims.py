@@ -1,0 +1,118 @@
+"""Claiming: take due jobs in order with a lease, renew leases, and wait for work."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from conveyor.backends.base import Lease, RenewResult
+from conveyor.backends.sqlite.core import COLUMNS, SQLiteCore, record
+from conveyor.model import JobRecord
+from conveyor.serde import dump_json
+
+
+class ClaimVerbs(SQLiteCore):
+    """claim, renew, wait_for_jobs."""
+
+    async def claim(
+        self, queues: Sequence[str], worker: str, limit: int, lease: float
+    ) -> list[JobRecord]:
+        if limit <= 0 or not queues:
+            return []
+        self._claim_mark = self._changes.count
+        marks = ",".join("?" * len(queues))
+        # select and take in one statement; the lease token is drawn by SQLite itself
+        take = (
+            "UPDATE conveyor_jobs SET status = 'running', attempts = attempts + 1, "
+            "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, "
+            "lease_token = lower(hex(randomblob(8))), lease_expires_at = ?, "
+            "last_event = last_event + 1 "
+            "WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_claim "
+            f"WHERE queue IN ({marks}) AND status IN ('queued', 'scheduled') AND blocked = 0 "
+            "AND run_at <= ? ORDER BY priority DESC, pos LIMIT ?) "
+            f"RETURNING {COLUMNS}, last_event, priority, pos"
+        )
+
+        def work(conn: sqlite3.Connection, now: float) -> list[JobRecord]:
+            rows = conn.execute(take, (now, worker, now + lease, *queues, now, limit)).fetchall()
+            if not rows:
+                return []
+            rows.sort(key=lambda r: (-r[-2], r[-1]))
+            self._append_status(
+                conn, now, [(r[0], r[-3], "running", r[9]) for r in rows], worker=worker
+            )
+            out: list[JobRecord] = []
+            for row in rows:
+                try:
+                    out.append(record(row))
+                except (ValueError, TypeError, KeyError) as exc:
+                    self._quarantine(conn, now, row[0], exc)
+            return out
+
+        return await self._write(work)
+
+    @classmethod
+    def _quarantine(cls, conn: sqlite3.Connection, now: float, job_id: str, exc: Exception) -> None:
+        """Fail a stored job that cannot be read back, so it never blocks or spins a worker."""
+        error = {
+            "type": "MalformedJob",
+            "message": f"the stored job cannot be decoded: {type(exc).__name__}: {exc}",
+            "traceback": "",
+        }
+        row = conn.execute(
+            "UPDATE conveyor_jobs SET status = 'failed', finished_at = ?, error = ?, "
+            "lease_token = NULL, lease_expires_at = NULL WHERE id = ? RETURNING queue, key",
+            (now, dump_json(error), job_id),
+        ).fetchone()
+        cls._status_events(conn, now, [job_id], error=error)
+        if row is not None and row[1] is not None:
+            cls._handoff(conn, {(row[0], row[1])})
+
+    async def renew(self, leases: Sequence[Lease], lease: float) -> RenewResult:
+        if not leases:
+            return RenewResult(frozenset(), frozenset())
+
+        def work(conn: sqlite3.Connection, now: float) -> RenewResult:
+            held: set[str] = set()
+            cancel: set[str] = set()
+            for item in leases:
+                row = conn.execute(
+                    "UPDATE conveyor_jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? "
+                    "AND status = 'running' RETURNING cancel_requested",
+                    (now + lease, item.job_id, item.token),
+                ).fetchone()
+                if row is not None:
+                    held.add(item.job_id)
+                    if row[0]:
+                        cancel.add(item.job_id)
+            lost = frozenset(item.job_id for item in leases) - held
+            return RenewResult(lost, frozenset(cancel))
+
+        return await self._write(work)
+
+    async def _next_due(self, queues: Sequence[str]) -> float | None:
+        marks = ",".join("?" * len(queues))
+
+        def work(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                f"SELECT MIN(run_at) FROM conveyor_jobs WHERE queue IN ({marks}) "
+                "AND status = 'scheduled' AND blocked = 0",
+                tuple(queues),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._read(work)
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        seen = self._claim_mark
+        if self._changes.count != seen:
+            return  # something changed while the last claim ran: look again
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        due = await self._next_due(queues)
+        if due is not None:
+            deadline = min(deadline, loop.time() + max(0.0, due - time.time()))
+        await self._changes.wait(seen, max(0.0, deadline - loop.time()))
+
