@@ -6,8 +6,27 @@ queue up instead of raising "database is locked". Workers in other processes not
 ``PRAGMA data_version``, a read of shared memory, so an idle worker costs next to nothing.
 
 Lanes are kept by a ``blocked`` flag: a keyed job is stored blocked when its lane already holds an
-unfinished job, and the lane's next job is unblocked when its head finishes. Claim then reads a
-single partial index of claimable jobs in (priority, position) order.
+unfinished job, and the lane's next job is unblocked when its head finishes.
+
+Staying fast as the store grows (finished jobs are kept for days: a million rows is normal).
+Every statement reads an index range that holds only what it asks for (``EXPLAIN QUERY PLAN``
+of each is checked by ``tests/integration/test_sqlite_scale.py``):
+
+* **Claim** reads ``conveyor_jobs_ready``, a partial index of claimable jobs only (queued, or
+  scheduled and already due), in (priority, position) order: no finished or delayed job is ever
+  walked past. Scheduled jobs wait in ``conveyor_jobs_due`` (by due time); each claim first moves
+  the due ones of its queues across (``due = 1``, at most ``PROMOTE_BATCH`` per queue, soonest
+  first), in the same transaction, so priority then decides among everything due. Their status
+  stays ``scheduled`` until they are claimed, as on the other backends. With several queues each
+  queue's best ``limit`` are read from its own index range and merged.
+* **The idle worker's next-due check** is one ``MIN(run_at)`` seek per queue in
+  ``conveyor_jobs_due``.
+* **stats()** reads ``conveyor_counts`` (a row per queue and status), kept by triggers in the
+  same transaction as every insert, status change and delete: exact, and a handful of rows.
+* **list_jobs** (newest first) reads ``(queue, status, pos)`` or ``(queue, pos)`` backwards;
+  across every queue it merges the newest of each queue.
+
+Databases made by an older version are upgraded on open (``schema.py``).
 """
 
 from __future__ import annotations

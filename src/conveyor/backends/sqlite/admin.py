@@ -11,6 +11,9 @@ from conveyor.backends.base import JobFilter
 from conveyor.backends.sqlite.core import COLUMNS, SQLiteCore, record
 from conveyor.model import Event, JobRecord, JobStatus, from_timestamp
 
+# list_jobs over every queue merges one index range per queue, for up to this many queues
+_MERGE_QUEUES = 64
+
 
 class AdminVerbs(SQLiteCore):
     """purge, get, list_jobs, stats, events, cancel_requested."""
@@ -39,35 +42,55 @@ class AdminVerbs(SQLiteCore):
         return await self._read(work)
 
     async def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
-        where, params = ["1 = 1"], []
-        if flt.queue is not None:
-            where.append("queue = ?")
-            params.append(flt.queue)
+        where: list[str] = []
+        params: list[object] = []
         if flt.status is not None:
             where.append("status = ?")
             params.append(flt.status.value)
         if flt.task is not None:
             where.append("task = ?")
             params.append(flt.task)
-        sql = (
-            f"SELECT {COLUMNS} FROM conveyor_jobs WHERE {' AND '.join(where)} "
-            "ORDER BY pos DESC LIMIT ? OFFSET ?"
-        )
+
+        def one_queue(limit: str) -> str:
+            # reads the (queue, status, pos) or (queue, pos) index backwards, from the newest
+            cond = " AND ".join(["queue = ?", *where])
+            return f"SELECT {COLUMNS}, pos FROM conveyor_jobs WHERE {cond} ORDER BY pos DESC {limit}"
 
         def work(conn: sqlite3.Connection) -> list[JobRecord]:
-            return [record(r) for r in conn.execute(sql, (*params, flt.limit, flt.offset))]
+            if flt.queue is not None:
+                sql = one_queue("LIMIT ? OFFSET ?")
+                return [record(r) for r in conn.execute(
+                    sql, (flt.queue, *params, flt.limit, flt.offset)
+                )]
+            # every queue: the newest of each queue, merged (no index orders all queues by status)
+            queues = [r[0] for r in conn.execute(
+                "SELECT DISTINCT queue FROM conveyor_counts WHERE n > 0 ORDER BY queue"
+            )]
+            if not queues:
+                return []
+            if len(queues) > _MERGE_QUEUES:  # too many to merge: one query over the whole table
+                cond = " AND ".join(["1 = 1", *where])
+                sql = (f"SELECT {COLUMNS} FROM conveyor_jobs WHERE {cond} "
+                       "ORDER BY pos DESC LIMIT ? OFFSET ?")
+                return [record(r) for r in conn.execute(sql, (*params, flt.limit, flt.offset))]
+            arm = f"SELECT * FROM ({one_queue('LIMIT ?')})"
+            sql = " UNION ALL ".join([arm] * len(queues)) + " ORDER BY pos DESC LIMIT ? OFFSET ?"
+            args: list[object] = []
+            for queue in queues:
+                args += [queue, *params, flt.limit + flt.offset]
+            return [record(r) for r in conn.execute(sql, (*args, flt.limit, flt.offset))]
 
         return await self._read(work)
 
     async def stats(self, queue: str | None = None) -> dict[str, int]:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
+            # the counts the triggers keep: a handful of rows, however many jobs are stored
             counts = {status.value: 0 for status in JobStatus}
             if queue is None:
-                rows = conn.execute("SELECT status, COUNT(*) FROM conveyor_jobs GROUP BY status")
+                rows = conn.execute("SELECT status, SUM(n) FROM conveyor_counts GROUP BY status")
             else:
                 rows = conn.execute(
-                    "SELECT status, COUNT(*) FROM conveyor_jobs WHERE queue = ? GROUP BY status",
-                    (queue,),
+                    "SELECT status, n FROM conveyor_counts WHERE queue = ?", (queue,)
                 )
             for status, count in rows:
                 counts[status] = count

@@ -12,6 +12,48 @@ from conveyor.backends.sqlite.core import COLUMNS, SQLiteCore, record
 from conveyor.model import JobRecord
 from conveyor.serde import dump_json
 
+#: scheduled jobs moved into the claim index per queue and claim, at most (soonest first)
+PROMOTE_BATCH = 1000
+
+# the WHERE of the partial index conveyor_jobs_ready, written as it is there so SQLite uses it
+READY = "blocked = 0 AND (status = 'queued' OR (status = 'scheduled' AND due = 1))"
+_DUE = "status = 'scheduled' AND blocked = 0 AND due = 0"
+
+_PROMOTE = (
+    "UPDATE conveyor_jobs SET due = 1 WHERE id IN (SELECT id FROM conveyor_jobs "
+    f"INDEXED BY conveyor_jobs_due WHERE queue = ? AND {_DUE} AND run_at <= ? "
+    "ORDER BY run_at LIMIT ?)"
+)
+_NEXT_DUE = (
+    f"SELECT MIN(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due WHERE queue = ? AND {_DUE}"
+)
+
+
+def _take_sql(queues: int) -> str:
+    """Select the best ready jobs of ``queues`` queues and take them, in one statement.
+
+    Each queue's best come from its own range of the claim index (already in order); with
+    several queues those few are merged, so nothing reads past ``limit`` jobs per queue.
+    """
+    best = (
+        "SELECT {} FROM conveyor_jobs INDEXED BY conveyor_jobs_ready "
+        f"WHERE queue = ? AND {READY} ORDER BY priority DESC, pos LIMIT ?"
+    )
+    if queues == 1:
+        pick = best.format("id")
+    else:
+        best = best.format("id, priority, pos")
+        merged = " UNION ALL ".join([f"SELECT * FROM ({best})"] * queues)
+        pick = f"SELECT id FROM ({merged}) ORDER BY priority DESC, pos LIMIT ?"
+    # the lease token is drawn by SQLite itself; `due` goes back to 0 for a later retry's schedule
+    return (
+        "UPDATE conveyor_jobs SET status = 'running', attempts = attempts + 1, "
+        "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, due = 0, "
+        "lease_token = lower(hex(randomblob(8))), lease_expires_at = ?, "
+        f"last_event = last_event + 1 WHERE id IN ({pick}) "
+        f"RETURNING {COLUMNS}, last_event, priority, pos"
+    )
+
 
 class ClaimVerbs(SQLiteCore):
     """claim, renew, wait_for_jobs."""
@@ -22,21 +64,15 @@ class ClaimVerbs(SQLiteCore):
         if limit <= 0 or not queues:
             return []
         self._claim_mark = self._changes.count
-        marks = ",".join("?" * len(queues))
-        # select and take in one statement; the lease token is drawn by SQLite itself
-        take = (
-            "UPDATE conveyor_jobs SET status = 'running', attempts = attempts + 1, "
-            "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, "
-            "lease_token = lower(hex(randomblob(8))), lease_expires_at = ?, "
-            "last_event = last_event + 1 "
-            "WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_claim "
-            f"WHERE queue IN ({marks}) AND status IN ('queued', 'scheduled') AND blocked = 0 "
-            "AND run_at <= ? ORDER BY priority DESC, pos LIMIT ?) "
-            f"RETURNING {COLUMNS}, last_event, priority, pos"
-        )
+        take = _take_sql(len(queues))
+        picks = [p for queue in queues for p in (queue, limit)]
+        if len(queues) > 1:
+            picks.append(limit)
 
         def work(conn: sqlite3.Connection, now: float) -> list[JobRecord]:
-            rows = conn.execute(take, (now, worker, now + lease, *queues, now, limit)).fetchall()
+            for queue in queues:
+                conn.execute(_PROMOTE, (queue, now, PROMOTE_BATCH))
+            rows = conn.execute(take, (now, worker, now + lease, *picks)).fetchall()
             if not rows:
                 return []
             rows.sort(key=lambda r: (-r[-2], r[-1]))
@@ -93,15 +129,10 @@ class ClaimVerbs(SQLiteCore):
         return await self._write(work)
 
     async def _next_due(self, queues: Sequence[str]) -> float | None:
-        marks = ",".join("?" * len(queues))
-
         def work(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                f"SELECT MIN(run_at) FROM conveyor_jobs WHERE queue IN ({marks}) "
-                "AND status = 'scheduled' AND blocked = 0",
-                tuple(queues),
-            ).fetchone()
-            return None if row is None else row[0]
+            # one MIN per queue: each is a single seek at the start of its index range
+            found = [conn.execute(_NEXT_DUE, (queue,)).fetchone()[0] for queue in queues]
+            return min((at for at in found if at is not None), default=None)
 
         return await self._read(work)
 

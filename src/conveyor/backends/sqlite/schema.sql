@@ -1,6 +1,11 @@
--- The SQLite backend's schema, applied on every open (idempotent). Statements end with ';'.
+-- The SQLite backend's schema, applied on every open (idempotent) by schema.py, in two parts:
+-- the tables, then (once columns added since are in place and older versions are migrated)
+-- the indexes and triggers below the `-- indexes` line.
 -- conveyor_jobs.blocked: 1 while an earlier unfinished job of the same lane exists.
 -- conveyor_jobs.pos: enqueue order (a retry by hand goes to the back).
+-- conveyor_jobs.due: 1 once a claim has found a scheduled job due and moved it into the claim
+--   index (its status stays 'scheduled' until it is claimed); 0 otherwise.
+-- conveyor_counts: how many jobs each (queue, status) holds, kept by the triggers, for stats().
 CREATE TABLE IF NOT EXISTS conveyor_jobs (
     id TEXT PRIMARY KEY,
     pos INTEGER NOT NULL,
@@ -30,22 +35,9 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     lease_token TEXT,
     lease_expires_at REAL,
     last_event INTEGER NOT NULL DEFAULT 0,
-    lost INTEGER NOT NULL DEFAULT 0
+    lost INTEGER NOT NULL DEFAULT 0,
+    due INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS conveyor_jobs_claim
-    ON conveyor_jobs (queue, priority DESC, pos)
-    WHERE status IN ('queued', 'scheduled') AND blocked = 0;
-CREATE INDEX IF NOT EXISTS conveyor_jobs_lane
-    ON conveyor_jobs (queue, key, pos)
-    WHERE key IS NOT NULL AND status IN ('queued', 'scheduled', 'running');
-CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_unique
-    ON conveyor_jobs (queue, unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('queued', 'scheduled', 'running');
-CREATE INDEX IF NOT EXISTS conveyor_jobs_running
-    ON conveyor_jobs (lease_expires_at) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS conveyor_jobs_pos ON conveyor_jobs (pos);
-CREATE INDEX IF NOT EXISTS conveyor_jobs_finished
-    ON conveyor_jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS conveyor_events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -56,3 +48,44 @@ CREATE TABLE IF NOT EXISTS conveyor_events (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conveyor_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO conveyor_meta VALUES ('pos', 0);
+CREATE TABLE IF NOT EXISTS conveyor_counts (
+    queue TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (queue, status)
+) WITHOUT ROWID;
+-- indexes
+-- what claim reads: claimable jobs only, best first (statements must repeat this WHERE as it is)
+CREATE INDEX IF NOT EXISTS conveyor_jobs_ready
+    ON conveyor_jobs (queue, priority DESC, pos)
+    WHERE blocked = 0 AND (status = 'queued' OR (status = 'scheduled' AND due = 1));
+-- scheduled lane heads not yet moved to the claim index, soonest first
+CREATE INDEX IF NOT EXISTS conveyor_jobs_due
+    ON conveyor_jobs (queue, run_at)
+    WHERE status = 'scheduled' AND blocked = 0 AND due = 0;
+CREATE INDEX IF NOT EXISTS conveyor_jobs_lane
+    ON conveyor_jobs (queue, key, pos)
+    WHERE key IS NOT NULL AND status IN ('queued', 'scheduled', 'running');
+CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_unique
+    ON conveyor_jobs (queue, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('queued', 'scheduled', 'running');
+CREATE INDEX IF NOT EXISTS conveyor_jobs_running
+    ON conveyor_jobs (lease_expires_at) WHERE status = 'running';
+-- list_jobs, newest first: per queue, and per queue and status
+CREATE INDEX IF NOT EXISTS conveyor_jobs_queue_pos ON conveyor_jobs (queue, pos);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_queue_status ON conveyor_jobs (queue, status, pos);
+CREATE INDEX IF NOT EXISTS conveyor_jobs_finished
+    ON conveyor_jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS conveyor_count_insert AFTER INSERT ON conveyor_jobs BEGIN
+    INSERT INTO conveyor_counts VALUES (NEW.queue, NEW.status, 1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_count_delete AFTER DELETE ON conveyor_jobs BEGIN
+    UPDATE conveyor_counts SET n = n - 1 WHERE queue = OLD.queue AND status = OLD.status;
+END;
+CREATE TRIGGER IF NOT EXISTS conveyor_count_update AFTER UPDATE OF queue, status ON conveyor_jobs
+    WHEN OLD.status IS NOT NEW.status OR OLD.queue IS NOT NEW.queue BEGIN
+    UPDATE conveyor_counts SET n = n - 1 WHERE queue = OLD.queue AND status = OLD.status;
+    INSERT INTO conveyor_counts VALUES (NEW.queue, NEW.status, 1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+END;
