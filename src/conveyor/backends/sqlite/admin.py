@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -11,6 +13,15 @@ from conveyor.backends.base import JobFilter
 from conveyor.backends.sqlite.core import COLUMNS, SQLiteCore, record
 from conveyor.model import Event, JobRecord, JobStatus, from_timestamp
 
+# purge: batch sizes (jobs), the writer time each batch aims at and the pause between (seconds)
+_PURGE_FIRST, _PURGE_MIN, _PURGE_MAX = 200, 20, 2000
+_PURGE_HOLD, _PURGE_PAUSE = 0.01, 0.03
+_PURGE = (
+    "DELETE FROM conveyor_jobs WHERE id IN (SELECT id FROM conveyor_jobs "
+    "INDEXED BY conveyor_jobs_finished WHERE finished_at < ? "
+    "AND status IN ('succeeded', 'failed', 'dead', 'cancelled') ORDER BY finished_at LIMIT ?) "
+    "RETURNING id"
+)
 # list_jobs over every queue merges one index range per queue, for up to this many queues
 _MERGE_QUEUES = 64
 
@@ -19,17 +30,27 @@ class AdminVerbs(SQLiteCore):
     """purge, get, list_jobs, stats, events, cancel_requested."""
 
     async def purge(self, before: datetime) -> int:
+        """Delete in small batches, each its own short transaction, so writers never wait long."""
         cutoff = before.timestamp()
+        total, size = 0, _PURGE_FIRST
 
-        def work(conn: sqlite3.Connection, now: float) -> int:
-            ids = [r[0] for r in conn.execute(
-                "DELETE FROM conveyor_jobs WHERE status IN ('succeeded', 'failed', 'dead', "
-                "'cancelled') AND finished_at < ? RETURNING id", (cutoff,),
-            )]
-            conn.executemany("DELETE FROM conveyor_events WHERE job_id = ?", [(i,) for i in ids])
-            return len(ids)
+        def batch(conn: sqlite3.Connection, now: float) -> tuple[int, float]:
+            started = time.perf_counter()
+            ids = [(r[0],) for r in conn.execute(_PURGE, (cutoff, size))]
+            conn.executemany("DELETE FROM conveyor_events WHERE job_id = ?", ids)
+            return len(ids), time.perf_counter() - started
 
-        return await self._write(work)
+        while True:
+            done, spent = await self._write(batch)
+            total += done
+            if done < size:
+                return total
+            # size the next batch to take about _PURGE_HOLD of the writer
+            size = max(_PURGE_MIN, min(_PURGE_MAX, int(size * _PURGE_HOLD / max(spent, 1e-4))))
+            # let the writers of other processes in: their busy handler looks again only every
+            # 25 ms or so once it has waited a while, so a purge that took the lock straight back
+            # would starve them as surely as one long transaction
+            await asyncio.sleep(_PURGE_PAUSE)
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
