@@ -215,21 +215,6 @@ class SQLiteCore(Backend):
         return await self._run(work)
 
     @staticmethod
-    def _events(
-        conn: sqlite3.Connection, now: float, rows: Sequence[tuple[str, str, dict[str, Any]]]
-    ) -> None:
-        """Append events (job_id, type, data), numbering them per job."""
-        for job_id, type_, data in rows:
-            seq = conn.execute(
-                "UPDATE conveyor_jobs SET last_event = last_event + 1 WHERE id = ? RETURNING last_event",
-                (job_id,),
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO conveyor_events VALUES (?, ?, ?, ?, ?)",
-                (job_id, seq, type_, now, dump_json(data)),
-            )
-
-    @staticmethod
     def _status_events(
         conn: sqlite3.Connection, now: float, job_ids: Sequence[str], **extra: Any
     ) -> None:

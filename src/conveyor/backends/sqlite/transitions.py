@@ -33,7 +33,7 @@ class TransitionVerbs(SQLiteCore):
         def work(conn: sqlite3.Connection, now: float) -> list[JobRecord]:
             out: list[JobRecord] = []
             pos = self._next_pos(conn, len(rows))
-            added: list[str] = []
+            added: list[tuple[str, int, str, int]] = []
             for job, args, kwargs, retry in rows:
                 if job.unique is not None:
                     row = conn.execute(
@@ -45,13 +45,15 @@ class TransitionVerbs(SQLiteCore):
                         out.append(record(row))
                         continue
                 if job.supersede and job.key is not None:
-                    gone = [r[0] for r in conn.execute(
-                        "UPDATE conveyor_jobs SET status = 'cancelled', finished_at = ? "
-                        "WHERE queue = ? AND key = ? AND status IN ('queued', 'scheduled') "
-                        "AND attempts = 0 RETURNING id",
+                    # the WHERE repeats the lane index's own (status IN ACTIVE_SQL) so SQLite uses it
+                    gone = conn.execute(
+                        "UPDATE conveyor_jobs SET status = 'cancelled', finished_at = ?, "
+                        "last_event = last_event + 1 WHERE queue = ? AND key = ? "
+                        f"AND status IN {ACTIVE_SQL} AND status != 'running' AND attempts = 0 "
+                        "RETURNING id, last_event, status, attempts",
                         (now, job.queue, job.key),
-                    )]
-                    self._status_events(conn, now, gone, reason="superseded")
+                    ).fetchall()
+                    self._append_status(conn, now, gone, reason="superseded")
                     self._handoff(conn, {(job.queue, job.key)})
                 blocked = 0
                 if job.key is not None:
@@ -65,20 +67,21 @@ class TransitionVerbs(SQLiteCore):
                 conn.execute(
                     "INSERT INTO conveyor_jobs (id, pos, task, queue, status, args, kwargs, priority, "
                     "key, unique_key, blocked, max_attempts, timeout, enqueued_at, scheduled_for, "
-                    "run_at, retry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "run_at, retry, last_event) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (job.id, pos, job.task, job.queue, status.value, args, kwargs, job.priority,
                      job.key, job.unique, blocked, job.max_attempts, job.timeout,
                      ts(job.enqueued_at), ts(job.scheduled_for), run_at, retry),
                 )
                 pos += 1
-                added.append(job.id)
+                added.append((job.id, 1, status.value, 0))  # its first event, numbered as stored
                 out.append(JobRecord(
                     id=job.id, task=job.task, queue=job.queue, status=status, args=job.args,
                     kwargs=job.kwargs, priority=job.priority, key=job.key, unique=job.unique,
                     max_attempts=job.max_attempts, timeout=job.timeout,
                     enqueued_at=job.enqueued_at, scheduled_for=job.scheduled_for, retry=job.retry,
                 ))
-            self._status_events(conn, now, added)
+            self._append_status(conn, now, added)
             return out
 
         return await self._write(work)
@@ -129,7 +132,7 @@ class TransitionVerbs(SQLiteCore):
                     conn, now, lease,
                     "status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE ? END, "
                     "finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, "
-                    "scheduled_for = ?, run_at = ?, error = ?",
+                    "scheduled_for = ?, run_at = ?, error = ?, due = 0",
                     (status.value, now, at, max(at, now), err),
                 )
             if hit is None:
@@ -269,18 +272,21 @@ class TransitionVerbs(SQLiteCore):
         return await self._write(work)
 
     async def progress(self, lease: Lease, fraction: float, message: str) -> bool:
-        data = {"fraction": fraction, "message": message}
-        text = dump_json(data)
+        text = dump_json({"fraction": fraction, "message": message})
 
         def work(conn: sqlite3.Connection, now: float) -> bool:
+            # two short statements: the fenced update numbers the event, the insert appends it
             row = conn.execute(
-                "UPDATE conveyor_jobs SET progress = ? WHERE id = ? AND lease_token = ? "
-                "AND status = 'running' RETURNING id",
+                "UPDATE conveyor_jobs SET progress = ?, last_event = last_event + 1 WHERE id = ? "
+                "AND lease_token = ? AND status = 'running' RETURNING last_event",
                 (text, lease.job_id, lease.token),
             ).fetchone()
             if row is None:
                 return False
-            self._events(conn, now, [(lease.job_id, "progress", data)])
+            conn.execute(
+                "INSERT INTO conveyor_events VALUES (?, ?, 'progress', ?, ?)",
+                (lease.job_id, row[0], now, text),
+            )
             return True
 
         return await self._write(work)
