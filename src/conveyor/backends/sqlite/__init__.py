@@ -25,6 +25,9 @@ of each is checked by ``tests/integration/test_sqlite_scale.py``):
   same transaction as every insert, status change and delete: exact, and a handful of rows.
 * **list_jobs** (newest first) reads ``(queue, status, pos)`` or ``(queue, pos)`` backwards;
   across every queue it merges the newest of each queue.
+* **Purge** deletes (jobs and their events) in batches of a few hundred to a couple of thousand
+  jobs, each its own transaction sized to hold the writer about 10 ms, with a 30 ms pause between
+  so other processes' writers, whose busy handler looks again only every 25 ms or so, get in.
 * **Supersede** writes its WHERE as the lane index's own, so SQLite uses that index.
 
 Databases made by an older version are upgraded on open (``schema.py``).
