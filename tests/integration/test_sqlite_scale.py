@@ -191,7 +191,8 @@ async def every_verb(backend: SQLiteBackend) -> None:
 
 
 async def test_every_statement_reads_an_index_not_the_whole_table(backend: SQLiteBackend) -> None:
-    """No statement of any verb scans conveyor_jobs or conveyor_events; supersede uses its index."""
+    """No statement of any verb scans conveyor_jobs or conveyor_events (only the running jobs'
+    index is read whole); supersede uses the lane index."""
     grow(backend.path, finished=100, delayed=10)
     with traced(backend) as seen:
         await every_verb(backend)
@@ -201,7 +202,13 @@ async def test_every_statement_reads_an_index_not_the_whole_table(backend: SQLit
         if statement.split()[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK"):
             continue
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
-        bad = [line for line in plan if line.startswith(("SCAN conveyor_jobs", "SCAN conveyor_events"))]
+        # the one index read whole is the running jobs' (a list of running jobs): there are
+        # only as many as the workers' slots, however big the store
+        bad = [
+            line for line in plan
+            if line.startswith(("SCAN conveyor_jobs", "SCAN conveyor_events"))
+            and line != "SCAN conveyor_jobs USING INDEX conveyor_jobs_running"
+        ]
         if bad:
             scans[statement[:160]] = plan
         if "status = 'cancelled'" in statement and "key = " in statement:

@@ -23,8 +23,10 @@ of each is checked by ``tests/integration/test_sqlite_scale.py``):
   ``conveyor_jobs_due``.
 * **stats()** reads ``conveyor_counts`` (a row per queue and status), kept by triggers in the
   same transaction as every insert, status change and delete: exact, and a handful of rows.
-* **list_jobs** (newest first) reads ``(queue, status, pos)`` or ``(queue, pos)`` backwards;
-  across every queue it merges the newest of each queue.
+* **list_jobs** (newest first) reads, for each non-empty (queue, status) pair asked for (the
+  counts say which), the newest ``limit + offset`` of ``conveyor_jobs_list`` (queue, status, pos),
+  and merges them; running jobs (no more than the workers' slots) come from their lease index,
+  so the list index is not rewritten at every claim.
 * **Purge** deletes (jobs and their events) in batches of a few hundred to a couple of thousand
   jobs, each its own transaction sized to hold the writer about 10 ms, with a 30 ms pause between
   so other processes' writers, whose busy handler looks again only every 25 ms or so, get in.

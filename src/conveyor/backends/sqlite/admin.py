@@ -22,8 +22,8 @@ _PURGE = (
     "AND status IN ('succeeded', 'failed', 'dead', 'cancelled') ORDER BY finished_at LIMIT ?) "
     "RETURNING id"
 )
-# list_jobs over every queue merges one index range per queue, for up to this many queues
-_MERGE_QUEUES = 64
+# list_jobs merges one (queue, status) index range per non-empty pair, up to this many
+_MERGE_RANGES = 200
 
 
 class AdminVerbs(SQLiteCore):
@@ -63,43 +63,47 @@ class AdminVerbs(SQLiteCore):
         return await self._read(work)
 
     async def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
-        where: list[str] = []
-        params: list[object] = []
+        task = " AND task = ?" if flt.task is not None else ""
+        tasks = (flt.task,) if flt.task is not None else ()
+        # one (queue, status) range of the list index, newest first: the merge reads no further;
+        # running jobs (as many as workers' slots at most) come from their own index
+        arms = {
+            False: f"SELECT * FROM (SELECT {COLUMNS}, pos FROM conveyor_jobs INDEXED BY conveyor_jobs_list "
+            f"WHERE queue = ? AND status = ? AND status != 'running'{task} ORDER BY pos DESC LIMIT ?)",
+            True: f"SELECT * FROM (SELECT {COLUMNS}, pos FROM conveyor_jobs INDEXED BY conveyor_jobs_running "
+            f"WHERE queue = ? AND status = ? AND status = 'running'{task} ORDER BY pos DESC LIMIT ?)",
+        }
+        which = ["n > 0"]
+        which_args: list[object] = []
+        if flt.queue is not None:
+            which.append("queue = ?")
+            which_args.append(flt.queue)
         if flt.status is not None:
-            where.append("status = ?")
-            params.append(flt.status.value)
-        if flt.task is not None:
-            where.append("task = ?")
-            params.append(flt.task)
-
-        def one_queue(limit: str) -> str:
-            # reads the (queue, status, pos) or (queue, pos) index backwards, from the newest
-            cond = " AND ".join(["queue = ?", *where])
-            return f"SELECT {COLUMNS}, pos FROM conveyor_jobs WHERE {cond} ORDER BY pos DESC {limit}"
+            which.append("status = ?")
+            which_args.append(flt.status.value)
+        ranges_sql = f"SELECT queue, status FROM conveyor_counts WHERE {' AND '.join(which)}"
 
         def work(conn: sqlite3.Connection) -> list[JobRecord]:
-            if flt.queue is not None:
-                sql = one_queue("LIMIT ? OFFSET ?")
-                return [record(r) for r in conn.execute(
-                    sql, (flt.queue, *params, flt.limit, flt.offset)
-                )]
-            # every queue: the newest of each queue, merged (no index orders all queues by status)
-            queues = [r[0] for r in conn.execute(
-                "SELECT DISTINCT queue FROM conveyor_counts WHERE n > 0 ORDER BY queue"
-            )]
-            if not queues:
-                return []
-            if len(queues) > _MERGE_QUEUES:  # too many to merge: one query over the whole table
-                cond = " AND ".join(["1 = 1", *where])
-                sql = (f"SELECT {COLUMNS} FROM conveyor_jobs WHERE {cond} "
-                       "ORDER BY pos DESC LIMIT ? OFFSET ?")
-                return [record(r) for r in conn.execute(sql, (*params, flt.limit, flt.offset))]
-            arm = f"SELECT * FROM ({one_queue('LIMIT ?')})"
-            sql = " UNION ALL ".join([arm] * len(queues)) + " ORDER BY pos DESC LIMIT ? OFFSET ?"
-            args: list[object] = []
-            for queue in queues:
-                args += [queue, *params, flt.limit + flt.offset]
-            return [record(r) for r in conn.execute(sql, (*args, flt.limit, flt.offset))]
+            conn.execute("BEGIN")  # the ranges and their rows from one snapshot
+            try:
+                ranges = conn.execute(ranges_sql, which_args).fetchall()
+                if len(ranges) > _MERGE_RANGES:  # too many to merge: one pass over the table
+                    cond = " AND ".join(["1 = 1", *(w for w in which[1:]), *(["task = ?"] * len(tasks))])
+                    sql = (f"SELECT {COLUMNS} FROM conveyor_jobs WHERE {cond} "
+                           "ORDER BY pos DESC LIMIT ? OFFSET ?")
+                    args: list[object] = [*which_args, *tasks]
+                elif ranges:
+                    merged = " UNION ALL ".join(arms[status == "running"] for _, status in ranges)
+                    sql = f"{merged} ORDER BY pos DESC LIMIT ? OFFSET ?"
+                    args = []
+                    for queue, status in ranges:
+                        args += [queue, status, *tasks, flt.limit + flt.offset]
+                else:
+                    return []
+                rows = conn.execute(sql, (*args, flt.limit, flt.offset)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return [record(r) for r in rows]
 
         return await self._read(work)
 

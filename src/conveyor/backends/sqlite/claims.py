@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from conveyor.backends.base import Lease, RenewResult
@@ -45,13 +46,15 @@ def _take_sql(queues: int) -> str:
         best = best.format("id, priority, pos")
         merged = " UNION ALL ".join([f"SELECT * FROM ({best})"] * queues)
         pick = f"SELECT id FROM ({merged}) ORDER BY priority DESC, pos LIMIT ?"
-    # the lease token is drawn by SQLite itself; `due` goes back to 0 for a later retry's schedule
+    # the lease token is drawn by SQLite itself. `due` is left as it is, so it still says which
+    # jobs were scheduled (1) rather than queued, for the counts; whatever puts the job back as
+    # queued or scheduled later sets it to 0.
     return (
         "UPDATE conveyor_jobs SET status = 'running', attempts = attempts + 1, "
-        "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, due = 0, "
+        "started_at = ?, finished_at = NULL, worker = ?, cancel_requested = 0, "
         "lease_token = lower(hex(randomblob(8))), lease_expires_at = ?, "
         f"last_event = last_event + 1 WHERE id IN ({pick}) "
-        f"RETURNING {COLUMNS}, last_event, priority, pos"
+        f"RETURNING {COLUMNS}, due, last_event, priority, pos"
     )
 
 
@@ -76,6 +79,11 @@ class ClaimVerbs(SQLiteCore):
             if not rows:
                 return []
             rows.sort(key=lambda r: (-r[-2], r[-1]))
+            moves: Counter[tuple[str, str]] = Counter()
+            for row in rows:
+                moves[row[2], "scheduled" if row[-4] else "queued"] -= 1
+                moves[row[2], "running"] += 1
+            self._count(conn, moves)
             self._append_status(
                 conn, now, [(r[0], r[-3], "running", r[9]) for r in rows], worker=worker
             )

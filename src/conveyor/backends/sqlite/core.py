@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -27,7 +28,7 @@ ACTIVE_SQL = "('queued', 'scheduled', 'running')"
 # where a running job goes when its attempt is given up without a verdict (release, lease expiry)
 BACK_OR_CANCELLED = (
     "status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, "
-    "finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END"
+    "finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, due = 0"
 )
 
 
@@ -265,6 +266,19 @@ class SQLiteCore(Backend):
             (*params, lease.job_id, lease.token),
         ).fetchone()
         return None if row is None else Settled(*row)
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, deltas: Counter[tuple[str, str]]) -> None:
+        """Add ``deltas`` to the counts of (queue, status): the moves the triggers leave to us.
+
+        The triggers count every move but the two every job makes, into ``running`` (claim) and
+        into ``succeeded`` (complete): those are counted here, once per batch instead of per job.
+        """
+        conn.executemany(
+            "INSERT INTO conveyor_counts VALUES (?, ?, ?) "
+            "ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n",
+            [(queue, status, n) for (queue, status), n in deltas.items() if n],
+        )
 
     @staticmethod
     def _append_status(

@@ -7,7 +7,7 @@ triggers; then the new version. Every step is idempotent.
 
 Versions: 1 (or no version row) is the first schema; 2 replaced the claim index (which also held
 scheduled jobs not yet due, so claims walked past them) by ``conveyor_jobs_ready`` and
-``conveyor_jobs_due``, and the position index by per-queue list indexes, and added the
+``conveyor_jobs_due``, and the position index by a (queue, status, position) list index, and added the
 ``conveyor_counts`` table that triggers keep for ``stats()``. A process still running the code
 of version 1 must be restarted after the upgrade (its claim names an index that is gone).
 """
@@ -60,9 +60,8 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+
 _MIGRATIONS = {2: _migrate_to_2}
-
-
 def apply_schema(conn: sqlite3.Connection) -> None:
     """Create what is missing and upgrade an older database (inside the caller's transaction)."""
     tables, indexes = _parts()

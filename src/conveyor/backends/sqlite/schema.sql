@@ -4,7 +4,9 @@
 -- conveyor_jobs.blocked: 1 while an earlier unfinished job of the same lane exists.
 -- conveyor_jobs.pos: enqueue order (a retry by hand goes to the back).
 -- conveyor_jobs.due: 1 once a claim has found a scheduled job due and moved it into the claim
---   index (its status stays 'scheduled' until it is claimed); 0 otherwise.
+--   index (its status stays 'scheduled' until it is claimed); it stays 1 while that job runs
+--   (claim counts it as leaving 'scheduled') and goes back to 0 whenever the job is put back as
+--   queued or scheduled.
 -- conveyor_counts: how many jobs each (queue, status) holds, kept by the triggers, for stats().
 CREATE TABLE IF NOT EXISTS conveyor_jobs (
     id TEXT PRIMARY KEY,
@@ -71,11 +73,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_unique
     WHERE unique_key IS NOT NULL AND status IN ('queued', 'scheduled', 'running');
 CREATE INDEX IF NOT EXISTS conveyor_jobs_running
     ON conveyor_jobs (lease_expires_at) WHERE status = 'running';
--- list_jobs, newest first: per queue, and per queue and status
-CREATE INDEX IF NOT EXISTS conveyor_jobs_queue_pos ON conveyor_jobs (queue, pos);
-CREATE INDEX IF NOT EXISTS conveyor_jobs_queue_status ON conveyor_jobs (queue, status, pos);
+-- list_jobs, newest first: the ranges of the (queue, status) pairs asked for, merged. Running
+-- jobs are left out (list_jobs reads them through conveyor_jobs_running: there are only as many
+-- as workers' slots), so a job's entry is written when it is stored, moved once when it is
+-- claimed and written again when it finishes, not moved at every step
+CREATE INDEX IF NOT EXISTS conveyor_jobs_list
+    ON conveyor_jobs (queue, status, pos) WHERE status != 'running';
 CREATE INDEX IF NOT EXISTS conveyor_jobs_finished
     ON conveyor_jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- the counts: a job never changes queue. The two moves every job makes (claim: into running;
+-- complete: into succeeded) are counted by those verbs, once per batch; the triggers count the rest
 CREATE TRIGGER IF NOT EXISTS conveyor_count_insert AFTER INSERT ON conveyor_jobs BEGIN
     INSERT INTO conveyor_counts VALUES (NEW.queue, NEW.status, 1)
         ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
@@ -83,8 +90,8 @@ END;
 CREATE TRIGGER IF NOT EXISTS conveyor_count_delete AFTER DELETE ON conveyor_jobs BEGIN
     UPDATE conveyor_counts SET n = n - 1 WHERE queue = OLD.queue AND status = OLD.status;
 END;
-CREATE TRIGGER IF NOT EXISTS conveyor_count_update AFTER UPDATE OF queue, status ON conveyor_jobs
-    WHEN OLD.status IS NOT NEW.status OR OLD.queue IS NOT NEW.queue BEGIN
+CREATE TRIGGER IF NOT EXISTS conveyor_count_update AFTER UPDATE OF status ON conveyor_jobs
+    WHEN OLD.status IS NOT NEW.status AND NEW.status NOT IN ('running', 'succeeded') BEGIN
     UPDATE conveyor_counts SET n = n - 1 WHERE queue = OLD.queue AND status = OLD.status;
     INSERT INTO conveyor_counts VALUES (NEW.queue, NEW.status, 1)
         ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -45,11 +46,12 @@ class TransitionVerbs(SQLiteCore):
                         out.append(record(row))
                         continue
                 if job.supersede and job.key is not None:
-                    # the WHERE repeats the lane index's own (status IN ACTIVE_SQL) so SQLite uses it
+                    # the WHERE repeats the lane index's own (status IN ACTIVE_SQL) so it may be used
                     gone = conn.execute(
-                        "UPDATE conveyor_jobs SET status = 'cancelled', finished_at = ?, "
-                        "last_event = last_event + 1 WHERE queue = ? AND key = ? "
-                        f"AND status IN {ACTIVE_SQL} AND status != 'running' AND attempts = 0 "
+                        "UPDATE conveyor_jobs INDEXED BY conveyor_jobs_lane SET status = 'cancelled', "
+                        "finished_at = ?, last_event = last_event + 1 WHERE queue = ? AND key = ? "
+                        f"AND status IN {ACTIVE_SQL} AND status IN ('queued', 'scheduled') "
+                        "AND attempts = 0 "
                         "RETURNING id, last_event, status, attempts",
                         (now, job.queue, job.key),
                     ).fetchall()
@@ -108,6 +110,11 @@ class TransitionVerbs(SQLiteCore):
                         lanes.add((hit.queue, hit.key))
             self._append_status(conn, now, [h.event for h in done])
             self._handoff(conn, lanes)
+            moves: Counter[tuple[str, str]] = Counter()
+            for hit in done:
+                moves[hit.queue, "running"] -= 1
+                moves[hit.queue, "succeeded"] += 1
+            self._count(conn, moves)
             return out
 
         return await self._write(work)
@@ -225,7 +232,7 @@ class TransitionVerbs(SQLiteCore):
                     f"AND status IN {ACTIVE_SQL})", (queue, key),
                 ).fetchone()[0]
                 conn.execute(
-                    "UPDATE conveyor_jobs SET status = 'queued', pos = ?, attempts = 0, lost = 0, "
+                    "UPDATE conveyor_jobs SET status = 'queued', pos = ?, attempts = 0, lost = 0, due = 0, "
                     "blocked = ?, unique_key = ?, run_at = ?, scheduled_for = NULL, "
                     "started_at = NULL, finished_at = NULL, cancel_requested = 0, worker = NULL "
                     "WHERE id = ?",
