@@ -293,3 +293,30 @@ async def test_due_jobs_past_one_claims_batch_are_all_claimed_in_order_and_stay_
     while batch := await backend.claim([Q], "w", 100, 60):
         taken += [j.id for j in batch]
     assert taken == [j.id for j in due] + [late.id]
+
+
+async def test_lists_merged_from_index_ranges_equal_one_pass_over_the_table(
+    backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every filter (queue, status, task, limit, offset) lists the same jobs, in the same order,
+    whether merged from index ranges or read in one pass over the table."""
+    from conveyor.backends.sqlite import admin
+
+    for queue in ("a", "b", "c"):
+        await backend.enqueue([
+            JobRecord(id=new_id(), task="xy"[i % 2], queue=queue, priority=i % 4) for i in range(40)
+        ])
+    running = await backend.claim(["a", "b", "c"], "w", 50, 60)
+    await backend.complete([Ack(j.id, j.lease_token or "", 1) for j in running[:30]])
+    filters = [
+        JobFilter(queue=queue, status=status, task=task, limit=limit, offset=offset)
+        for queue in (None, "a")
+        for status in (None, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        for task in (None, "x")
+        for limit, offset in ((5, 0), (7, 3), (50, 10))
+    ]
+    merged = [[j.id for j in await backend.list_jobs(flt)] for flt in filters]
+    monkeypatch.setattr(admin, "_MERGE_RANGES", 0)
+    one_pass = [[j.id for j in await backend.list_jobs(flt)] for flt in filters]
+    assert merged == one_pass
+    assert sum(map(len, merged)) > 300
