@@ -41,7 +41,7 @@ class AdminVerbs(SQLiteCore):
             return len(ids), time.perf_counter() - started
 
         while True:
-            done, spent = await self._write(batch)
+            done, spent = await self._write(batch, notify=False)
             total += done
             if done < size:
                 return total

@@ -192,13 +192,16 @@ class SQLiteCore(Backend):
     def _tx(self, conn: sqlite3.Connection) -> SQLiteCore._Tx:
         return SQLiteCore._Tx(conn)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection, float], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection, float], T], *, notify: bool = True) -> T:
+        """Run ``fn`` in one write transaction; wake waiters if it changed anything (and ``notify``:
+        a purge, which only deletes finished jobs, wakes nobody)."""
+
         def work() -> tuple[T, bool]:
             assert self._conn is not None
             before = self._conn.total_changes
             with self._tx(self._conn) as conn:
                 out = fn(conn, time.time())
-            changed = self._conn.total_changes != before
+            changed = notify and self._conn.total_changes != before
             if changed:
                 self._doorbell.ring()  # other processes' waiters; on this thread, off the loop
             return out, changed
