@@ -391,3 +391,24 @@ async def test_waiting_for_events_that_never_come_leaves_nothing_behind(queue: Q
     waiters = getattr(queue.backend, "_event_waiters", None)
     if waiters is not None:  # the memory backend keeps one future per waiting call
         assert waiters.get(job.id) in (None, [])
+
+
+async def test_worker_deletes_jobs_past_retention_on_its_own(make_queue: Any, wait_until: Any) -> None:
+    """A running worker purges finished jobs past ``Settings.retention`` every ``purge_interval``."""
+    from conveyor import Settings
+
+    queue = make_queue()
+    queue.settings = Settings(retention=0.5, purge_interval=0.2)
+
+    @queue.task(name="quick")
+    async def quick() -> int:
+        return 1
+
+    async with queue.worker(concurrency=1):
+        done = await quick.enqueue()
+        assert await done.result(timeout=RESULT_TIMEOUT) == 1
+
+        async def gone() -> bool:
+            return await queue.backend.get(done.id) is None
+
+        await wait_until(gone, RESULT_TIMEOUT, message="the finished job purged")

@@ -125,7 +125,7 @@ class Worker:
         self._started = True
         self._watchdog.start()
         for coro in (self._claim_loop(), self._ack_loop(), self._lease_loop(),
-                     self._cancel_loop(), self._recover_loop()):
+                     self._cancel_loop(), self._recover_loop(), self._purge_loop()):
             self._loops.append(asyncio.create_task(coro))
         log.info("worker %s started on %s (queues %s, concurrency %d)",
                  self.id, self.queue.backend.safe_url, ",".join(self.queues), self.concurrency)
@@ -373,16 +373,7 @@ class Worker:
         backend = self.queue.backend
         settings = self.queue.settings
         interval = min(settings.recover_interval, self.lease)
-        next_purge = time.monotonic() + settings.purge_interval
         while True:
-            if settings.retention is not None and time.monotonic() >= next_purge:
-                next_purge = time.monotonic() + settings.purge_interval
-                try:
-                    purged = await backend.purge(utcnow() - timedelta(seconds=settings.retention))
-                    if purged:
-                        log.info("deleted %d finished job(s) past their retention", purged)
-                except Exception:
-                    log.warning("deleting old finished jobs failed", exc_info=True)
             try:
                 recovered = await backend.recover(settings.max_lost_leases)
                 if recovered:
@@ -392,6 +383,22 @@ class Worker:
             except Exception:
                 log.warning("recovering expired leases failed", exc_info=True)
             await asyncio.sleep(interval)
+
+    async def _purge_loop(self) -> None:
+        # a loop of its own: deleting a big backlog of old jobs goes in small batches and takes
+        # its time, which must not hold up the recovery of expired leases
+        backend = self.queue.backend
+        settings = self.queue.settings
+        if settings.retention is None:
+            return
+        while True:
+            await asyncio.sleep(settings.purge_interval)
+            try:
+                purged = await backend.purge(utcnow() - timedelta(seconds=settings.retention))
+                if purged:
+                    log.info("deleted %d finished job(s) past their retention", purged)
+            except Exception:
+                log.warning("deleting old finished jobs failed", exc_info=True)
 
     # -- watchdog hooks (called from the watchdog thread) ------------------------------------
     def _task_codes(self) -> dict[CodeType, str]:
