@@ -21,7 +21,7 @@ from conveyor.backends.redis.connection import Scripts
 from conveyor.backends.redis.handoff import HandOffs
 from conveyor.backends.redis.listener import Handler, Latch, Listener
 from conveyor.backends.redis.records import FIELDS, record, ts
-from conveyor.errors import BackendError, ConfigError
+from conveyor.errors import BackendError, ConfigError, PayloadTooLarge
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
 from conveyor.serde import dump_json
 
@@ -33,6 +33,12 @@ _OPTIONS = {"prefix", "retention"}
 _DEFAULT_RETENTION = 7 * 24 * 3600.0
 _RECOVER_BATCH = 1000
 _LIST_BUDGET = 50_000
+# One enqueue is one script, and Redis serves nobody else while a script runs (about 30 µs per
+# job): 50,000 jobs hold it for one to two seconds. Bigger batches are refused before anything
+# is written (splitting them would break all-or-nothing); see docs/redis.md.
+MAX_ENQUEUE_JOBS = 50_000
+# half of Redis' default proto-max-bulk-len (512 MB): the batch travels as one argument
+MAX_ENQUEUE_BYTES = 256 << 20
 
 
 class RedisBackend(Backend):
@@ -92,7 +98,24 @@ class RedisBackend(Backend):
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         """Create the connection pool and load the scripts (nothing is written)."""
+        if self._scripts.client is not None:
+            return
         await self._scripts.open()
+        await self._check_eviction()
+
+    async def _check_eviction(self) -> None:
+        """Warn when Redis may evict keys: a job record evicted is a job lost."""
+        try:
+            info = await self._scripts.opened().info("memory")
+        except RedisError:  # INFO may be refused (ACLs, managed services): nothing to tell
+            return
+        policy = info.get("maxmemory_policy", "noeviction")
+        if policy != "noeviction":
+            log.warning(
+                "redis at %s has maxmemory-policy %s: under memory pressure it may evict job "
+                "records, and those jobs are lost; set maxmemory-policy noeviction",
+                self.safe_url, policy,
+            )
 
     async def close(self) -> None:
         """Give back handed jobs, stop listening and release every connection. Idempotent."""
@@ -131,6 +154,11 @@ class RedisBackend(Backend):
     async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         if not jobs:
             return []
+        if len(jobs) > MAX_ENQUEUE_JOBS:
+            raise PayloadTooLarge(
+                f"{len(jobs)} jobs in one enqueue: Redis takes at most {MAX_ENQUEUE_JOBS} per call "
+                "(one atomic script blocks the server while it runs); split the batch"
+            )
         # one JSON argument for the batch: far cheaper to send than 14 arguments per job; args,
         # kwargs and retry ride along as JSON text inside it, so Lua stores them byte for byte
         batch = dump_json([
@@ -141,6 +169,11 @@ class RedisBackend(Backend):
              job.supersede]
             for job in jobs
         ])
+        if len(batch) > MAX_ENQUEUE_BYTES:  # ASCII JSON (ensure_ascii): characters are bytes
+            raise PayloadTooLarge(
+                f"the batch is {len(batch)} characters as JSON, over the {MAX_ENQUEUE_BYTES}-byte "
+                "limit of one Redis enqueue; split the batch"
+            )
         replies = await self._run("enqueue", batch)
         # a worker in this process need not wait for the published wake-up to come back
         self._wake.set()
@@ -191,6 +224,10 @@ class RedisBackend(Backend):
         if len(out) > limit:  # recovered hand-outs beyond the free slots wait for the next claim
             self._hands.keep(worker, out[limit:])
             out = out[:limit]
+        elif len(out) < limit:
+            # handed to us by pub/sub while the script ran (its copy in the reply was dropped
+            # as the second one): take them now rather than at the next claim
+            out += self._hands.take(worker, limit - len(out))
         return out
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:

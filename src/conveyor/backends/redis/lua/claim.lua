@@ -34,9 +34,12 @@ for _, q in ipairs(queues) do
   local due = redis.call('ZRANGEBYSCORE', sk, '-inf', ts(now), 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     local f = redis.call('HMGET', jkey(id), 'priority', 'seq')
-    redis.call('ZADD', qkey(q, 'ready'), -tonumber(f[1]), member(tonumber(f[2]), id))
+    -- a record that vanished (evicted, deleted by hand) leaves with its entry
+    if f[2] then
+      redis.call('ZADD', qkey(q, 'ready'), -(tonumber(f[1]) or 0), member(tonumber(f[2]), id))
+    end
   end
-  if #due > 0 then redis.call('ZREM', sk, unpack(due)) end
+  chunked('ZREM', sk, due)
 end
 
 -- candidates: the best `limit` of each queue, merged by (score, member), taken off the index

@@ -20,7 +20,8 @@ for i, job in ipairs(jobs) do
     existing = jk
   elseif unique then
     local holder = redis.call('HGET', qkey(q, 'unique'), unique)
-    if holder then existing = jkey(holder) end
+    -- a holder whose record vanished holds nothing: the new job takes the value over below
+    if holder and redis.call('EXISTS', jkey(holder)) == 1 then existing = jkey(holder) end
   end
   if existing then
     out[i] = record(existing)
@@ -59,9 +60,7 @@ for i, job in ipairs(jobs) do
     redis.call('ZADD', qkey(q, 'all'), seq, id)
     redis.call('SADD', P .. ':queues', q)
     count(q, status, 1)
-    local head = true
-    if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
-    if head then
+    if not key or join_lane(q, key, id) then
       make_available(id, q, status, priority, seq, status == 'scheduled' and due or nil)
     end
     out[i] = status

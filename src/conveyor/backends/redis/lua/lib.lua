@@ -47,6 +47,22 @@ local function ts(x)
   return last_ts
 end
 
+-- Run `cmd key <values>` over a long list of values in slices, and return the replies joined
+-- (for commands that answer a list, like HMGET). A single unpack() fails past a few thousand
+-- values (Lua's C stack, LUAI_MAXCSTACK): every list that grows with a batch goes through here.
+-- CHUNK is even, so field/value or score/member pairs never straddle two slices.
+local CHUNK = 1000
+local function chunked(cmd, key, list)
+  local out = {}
+  for i = 1, #list, CHUNK do
+    local got = redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
 local function jkey(id) return P .. ':job:' .. id end
 local function qkey(q, what) return P .. ':q:' .. q .. ':' .. what end
 -- the queue's length first: a queue name and a key may both contain ':'
@@ -135,6 +151,29 @@ local function unindex(id, q, seq)
   redis.call('ZREM', qkey(q, 'scheduled'), id)
 end
 
+-- The first job of a lane whose record still exists. Records can vanish behind the scripts'
+-- back (evicted under memory pressure, deleted by hand): such ids are dropped from the front,
+-- so a missing record never blocks its lane. Returns the head (or nil) and whether any went.
+local function lane_head(lk)
+  local dropped = false
+  while true do
+    local head = redis.call('LINDEX', lk, 0)
+    if not head or redis.call('EXISTS', jkey(head)) == 1 then return head, dropped end
+    redis.call('LPOP', lk)
+    dropped = true
+  end
+end
+
+-- append the stored job `id` to its lane; true when it is the lane's head (it may run now)
+local function join_lane(q, key, id)
+  local lk = lkey(q, key)
+  if redis.call('RPUSH', lk, id) == 1 then return true end
+  -- the head may be a job whose record vanished: drop it and free whoever is next
+  local first, dropped = lane_head(lk)
+  if dropped and first ~= id then make_available_by_id(first) end
+  return first == id
+end
+
 -- a job reached a final status: free its unique value and hand its lane on
 local function leave(id, q, key, unique)
   if unique then
@@ -145,10 +184,10 @@ local function leave(id, q, key, unique)
   end
   if key then
     local lk = lkey(q, key)
-    local head = redis.call('LINDEX', lk, 0)
+    local head = lane_head(lk)
     redis.call('LREM', lk, 1, id)
     if head == id then
-      local nxt = redis.call('LINDEX', lk, 0)
+      local nxt = lane_head(lk)
       if nxt then make_available_by_id(nxt) end
     end
   end
@@ -214,7 +253,7 @@ local function prune(cutoff, batch)
     redis.call('ZREM', qkey(q, 'all'), id)
     count(q, status, -1)
   end
-  if #old > 0 then redis.call('ZREM', dk, unpack(old)) end
+  chunked('ZREM', dk, old)
   return #old
 end
 
@@ -226,9 +265,9 @@ local function take(id, worker, token, lease_until, now)
   local f = redis.call('HMGET', jk, unpack(FIELDS_EV))
   local status, q = f[4], f[3]
   if status ~= 'queued' and status ~= 'scheduled' then return nil end
-  local n = tonumber(f[25]) + 1
+  local n = (tonumber(f[25]) or 0) + 1
   f[25] = nil
-  local attempts = tonumber(f[10]) + 1
+  local attempts = (tonumber(f[10]) or 0) + 1
   local expires = ts(lease_until)
   local at = ts(now)
   worker_json[worker] = worker_json[worker] or cjson.encode(worker)
@@ -301,7 +340,7 @@ local function settle(now)
       if delta ~= 0 then redis.call('HINCRBY', ck, status, delta) end
     end
   end
-  if #running_add > 0 then redis.call('ZADD', P .. ':running', unpack(running_add)) end
-  if #running_del > 0 then redis.call('ZREM', P .. ':running', unpack(running_del)) end
-  if #done_add > 0 then redis.call('ZADD', P .. ':done', unpack(done_add)) end
+  chunked('ZADD', P .. ':running', running_add)
+  chunked('ZREM', P .. ':running', running_del)
+  chunked('ZADD', P .. ':done', done_add)
 end

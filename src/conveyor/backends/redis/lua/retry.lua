@@ -19,8 +19,7 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   if unique and redis.call('HSETNX', qkey(q, 'unique'), unique, id) == 0 then
     redis.call('HDEL', jk, 'unique')
   end
-  local head = true
-  if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
+  local head = not key or join_lane(q, key, id)
   status_event(id, jk, 'queued', 0, ',"reason":"retried"', now)
   if head then make_available(id, q, 'queued', tonumber(f[5]), seq, nil) end
 end
