@@ -20,9 +20,9 @@ from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, 
 from conveyor.backends.redis.connection import Scripts
 from conveyor.backends.redis.handoff import HandOffs
 from conveyor.backends.redis.listener import Handler, Latch, Listener
-from conveyor.backends.redis.records import FIELDS, record, ts
+from conveyor.backends.redis.records import FIELDS, dt, record, ts
 from conveyor.errors import BackendError, ConfigError, PayloadTooLarge
-from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
+from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus, utcnow
 from conveyor.serde import dump_json
 
 __all__ = ["RedisBackend"]
@@ -174,7 +174,9 @@ class RedisBackend(Backend):
                 f"the batch is {len(batch)} characters as JSON, over the {MAX_ENQUEUE_BYTES}-byte "
                 "limit of one Redis enqueue; split the batch"
             )
-        replies = await self._run("enqueue", batch)
+        # due times go with this process' clock reading, taken as late as possible: the script
+        # moves them onto the Redis clock when the two disagree (see lib.lua's on_redis_clock)
+        replies = await self._run("enqueue", batch, ts(utcnow()))
         # a worker in this process need not wait for the published wake-up to come back
         self._wake.set()
         out: list[JobRecord] = []
@@ -182,7 +184,12 @@ class RedisBackend(Backend):
             if isinstance(reply, list):
                 out.append(record(reply))
                 continue
-            out.append(replace(job, status=JobStatus(reply), supersede=False))
+            # "<status>" or "<status> <due time by the Redis clock>"
+            status, _, due = reply.partition(" ")
+            out.append(replace(
+                job, status=JobStatus(status), supersede=False,
+                scheduled_for=dt(due) if due else job.scheduled_for,
+            ))
         return out
 
     async def claim(
@@ -300,7 +307,8 @@ class RedisBackend(Backend):
     ) -> bool:
         final = JobStatus.DEAD if dead else JobStatus.FAILED
         reply = await self._run(
-            "fail", lease.job_id, lease.token, dump_json(error), ts(retry_at), final.value
+            "fail", lease.job_id, lease.token, dump_json(error), ts(retry_at), final.value,
+            ts(utcnow()),
         )
         return bool(reply == 1)
 

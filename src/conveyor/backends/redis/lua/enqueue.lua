@@ -1,11 +1,13 @@
--- Store new jobs, in order. ARGV[3] = a JSON array with one array per job:
+-- Store new jobs, in order. ARGV[4] the client's clock when it sent them (see on_redis_clock).
+-- ARGV[3] = a JSON array with one array per job:
 -- [id, task, queue, args, kwargs, priority, key, unique, max_attempts, timeout, enqueued_at,
 --  scheduled_for, retry, supersede]: args, kwargs and retry are JSON text (stored as they are),
 -- key and unique are null when absent, timeout, scheduled_for and retry '' when absent,
 -- supersede a boolean; numbers are strings, so nothing is rounded on the way.
--- Returns per job: its status (stored now), or the record of the job it already is (same id,
--- e.g. a retried call) or that holds its unique value.
+-- Returns per job: its status (stored now, followed by ' <due time>' when it has one), or the
+-- record of the job it already is (same id, e.g. a retried call) or that holds its unique value.
 local now = clock()
+local client_now = tonumber(ARGV[4])
 handing = true
 local jobs = cjson.decode(ARGV[3])
 local out = {}
@@ -39,9 +41,13 @@ for i, job in ipairs(jobs) do
     end
     fresh[id] = true
     local seq = redis.call('INCR', P .. ':seq')
-    local due = job[12]
+    local due = ''
     local status = 'queued'
-    if due ~= '' and tonumber(due) > now then status = 'scheduled' end
+    if job[12] ~= '' then
+      local at = on_redis_clock(tonumber(job[12]), client_now, now)
+      due = at == tonumber(job[12]) and job[12] or ts(at)
+      if at > now then status = 'scheduled' end
+    end
     local priority = tonumber(job[6])
     -- the record and its first event in one HSET: this runs once per job enqueued
     local fields = {'id', id, 'task', job[2], 'queue', q, 'status', status, 'args', job[4],
@@ -63,7 +69,7 @@ for i, job in ipairs(jobs) do
     if not key or join_lane(q, key, id) then
       make_available(id, q, status, priority, seq, status == 'scheduled' and due or nil)
     end
-    out[i] = status
+    out[i] = due == '' and status or status .. ' ' .. due
   end
 end
 settle(now)

@@ -63,6 +63,17 @@ local function chunked(cmd, key, list)
   return out
 end
 
+-- A due time a client sent (`at`, by its clock, read at `client_now`) as a time of the Redis
+-- clock: as sent when the two clocks agree within CLOCK_TRUST seconds (the round trip included),
+-- so `at=` is kept exactly; otherwise moved by the difference, so a client whose clock is off
+-- still gets the delay it asked for. Leases and due times are judged by the Redis clock alone.
+local CLOCK_TRUST = 0.5
+local function on_redis_clock(at, client_now, now)
+  local skew = client_now - now
+  if skew > CLOCK_TRUST or skew < -CLOCK_TRUST then return at - skew end
+  return at
+end
+
 local function jkey(id) return P .. ':job:' .. id end
 local function qkey(q, what) return P .. ':q:' .. q .. ':' .. what end
 -- the queue's length first: a queue name and a key may both contain ':'
