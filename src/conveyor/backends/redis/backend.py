@@ -79,8 +79,10 @@ class RedisBackend(Backend):
         self._cancel_watchers: set[Handler] = set()
         # per queue set: (monotonic time measured, seconds until the next scheduled job is due)
         self._next_due: dict[tuple[str, ...], tuple[float, float]] = {}
-        self._hands = HandOffs(self._wake.set, self._give_back)
+        self._hands = HandOffs(self._wake.set, self._give_back, self._confirm)
         self._background: set[asyncio.Task[None]] = set()
+        self._to_confirm: list[str] = []  # hand-outs received, "<id>\n<token>" (see _confirm)
+        self._confirming: asyncio.Task[None] | None = None
 
     @property
     def safe_url(self) -> str:
@@ -261,6 +263,26 @@ class RedisBackend(Backend):
         task = asyncio.get_running_loop().create_task(self._release_quietly(leases))
         self._background.add(task)  # a strong reference until it is done
         task.add_done_callback(self._background.discard)
+
+    def _confirm(self, job: JobRecord) -> None:
+        """Tell Redis a hand-out arrived, batched with any others received meanwhile.
+
+        It runs beside the job (never before it starts): one round trip per batch of hand-outs.
+        """
+        self._to_confirm.append(f"{job.id}\n{job.lease_token}")
+        if self._confirming is None or self._confirming.done():
+            task = asyncio.get_running_loop().create_task(self._send_confirmations())
+            self._confirming = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _send_confirmations(self) -> None:
+        while self._to_confirm:
+            members, self._to_confirm = self._to_confirm[:1000], self._to_confirm[1000:]
+            try:
+                await self._scripts.command("ZREM", f"{self.prefix}:handing", *members)
+            except BackendError:  # the jobs come back within a second and run again elsewhere
+                log.warning("redis: could not confirm %d hand-out(s)", len(members), exc_info=True)
 
     async def _release_quietly(self, leases: Sequence[Lease]) -> None:
         try:

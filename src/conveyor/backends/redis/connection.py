@@ -128,6 +128,14 @@ class Scripts:
                 raise BackendError(f"redis {name}: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def command(self, *args: Any) -> Any:
+        """Run one plain command; driver errors become BackendError."""
+        self.opened()
+        try:
+            return await self._command(*args)
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis {args[0]}: {exc}") from exc
+
     async def _drop_idle(self) -> None:
         conns, self._idle_conns = self._idle_conns, []
         for conn in conns:

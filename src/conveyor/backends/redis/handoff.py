@@ -28,10 +28,14 @@ class HandOffs:
     """Per worker id: the jobs handed to it and not taken yet, and its hand-out queues."""
 
     def __init__(
-        self, wake: Callable[[], None], give_back: Callable[[Sequence[Lease]], None]
+        self,
+        wake: Callable[[], None],
+        give_back: Callable[[Sequence[Lease]], None],
+        confirm: Callable[[JobRecord], None],
     ) -> None:
         self._wake = wake
         self._give_back = give_back
+        self._confirm = confirm
         self.waiting: dict[str, list[JobRecord]] = {}
         #: worker id -> the queues it is registered idle on (it listens on its channel)
         self.queues: dict[str, tuple[str, ...]] = {}
@@ -83,6 +87,8 @@ class HandOffs:
             return
         self.waiting.setdefault(worker, []).append(record)
         self._wake()
+        # Redis takes the job back unless told within a second that this worker has it
+        self._confirm(record)
 
     def leases(self) -> list[Lease]:
         """The leases of every handed job no claim has taken yet (renewed with the others)."""

@@ -19,6 +19,8 @@
 --   P:q:Q:idle          set of workers registered idle on the queue (see hand_out)
 --   P:idle:<worker>     hash: its free slots, registration expiry, lease, token prefix, count
 --   P:handed:<worker>   list of job ids handed to it since its last claim (short TTL)
+--   P:handing           zset of hand-outs not confirmed yet, member "<id>\n<token>", score the
+--                       time by which the worker must confirm (see hand_out, take_back)
 -- Channels: P:wake:Q (work may be due), P:cancel (a running job was asked to stop),
 --           P:ev:<id> (the job has a new event), P:hand:<worker> (a job claimed for it).
 
@@ -298,11 +300,15 @@ local function take(id, worker, token, lease_until, now)
   return f
 end
 
+-- seconds a worker has to confirm a hand-out before the job goes back to its queue
+local HAND_CONFIRM = 1
+
 -- Hand the best ready jobs of queue q straight to idle workers (registered by claim.lua when
 -- they ran dry): the job is claimed for the worker here and its record published on the
--- worker's channel, which saves the worker a claim round trip. A registration lapses after a
--- short time, so a worker that died idle cannot hold on to new jobs for long (its lease brings
--- such a job back).
+-- worker's channel, which saves the worker a claim round trip. A worker may have died since it
+-- registered (a registration lives two seconds): the hand-out stays in P:handing until the
+-- worker confirms it (a batched ZREM, off its pickup path, or its next claim), and take_back
+-- returns it to its queue after HAND_CONFIRM seconds without a word.
 local function hand_out(q, now)
   local ik = qkey(q, 'idle')
   local rk = qkey(q, 'ready')
@@ -327,12 +333,34 @@ local function hand_out(q, now)
         local hk = P .. ':handed:' .. worker
         redis.call('RPUSH', hk, rec[1])
         redis.call('EXPIRE', hk, 60)
+        redis.call('ZADD', P .. ':handing', now + HAND_CONFIRM, rec[1] .. '\n' .. rec[23])
         free = free - 1
         if free <= 0 then redis.call('SREM', ik, worker) end
       end
       redis.call('HSET', wk, 'free', free, 'n', n)
     end
   end
+end
+
+-- Hand-outs nobody confirmed in time go back to their queue, at their old place (priority,
+-- then enqueue order), as if never handed: the attempt is not counted and no lease is counted
+-- lost (the job did nothing wrong). The worker they went to is most likely dead: its idle
+-- registration goes too, so nothing more is handed to it.
+local function take_back(now)
+  local hk = P .. ':handing'
+  local late = redis.call('ZRANGEBYSCORE', hk, '-inf', '(' .. ts(now), 'LIMIT', 0, 1000)
+  for _, m in ipairs(late) do
+    local id, token = string.match(m, '^([^\n]*)\n(.*)$')
+    local jk = jkey(id)
+    local f = redis.call('HMGET', jk, 'status', 'lease_token', 'queue', 'worker')
+    if f[1] == 'running' and f[2] == token then
+      redis.call('DEL', P .. ':idle:' .. f[4])
+      redis.call('SREM', qkey(f[3], 'idle'), f[4])
+      requeue(id, jk, f[3], 'hand-off unconfirmed', now)
+      redis.call('HINCRBY', jk, 'attempts', -1)
+    end
+  end
+  chunked('ZREM', hk, late)
 end
 
 -- End of every writing script: hand new work to idle workers, wake the others if any is left
