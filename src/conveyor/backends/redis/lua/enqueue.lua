@@ -35,7 +35,8 @@ for i, job in ipairs(jobs) do
         local f = redis.call('HMGET', ok, 'status', 'attempts', 'seq', 'unique')
         if (f[1] == 'queued' or f[1] == 'scheduled') and tonumber(f[2]) == 0 then
           unindex(old, q, tonumber(f[3]))
-          finish(old, ok, q, f[1], 'cancelled', key, f[4], f[2], ',"reason":"superseded"', now)
+          finish(old, ok, q, f[1], 'cancelled', key, f[4], f[2], ',"reason":"superseded"', now,
+                 nil, nil, nil, f[3])
         end
       end
     end
@@ -63,7 +64,7 @@ for i, job in ipairs(jobs) do
     if due ~= '' then fields[#fields + 1] = 'scheduled_for'; fields[#fields + 1] = due end
     if job[13] ~= '' then fields[#fields + 1] = 'retry'; fields[#fields + 1] = job[13] end
     redis.call('HSET', jk, unpack(fields))
-    redis.call('ZADD', qkey(q, 'all'), seq, id)
+    relist(id, q, nil, status, seq)
     redis.call('SADD', P .. ':queues', q)
     count(q, status, 1)
     if not key or join_lane(q, key, id) then

@@ -12,16 +12,17 @@ local f = held(jk, ARGV[4])
 if not f then return 0 end
 local q = f[3]
 if retry_at == '' then
-  finish(id, jk, q, 'running', ARGV[7], f[4], f[5], f[6], ',"error":' .. err, now, {'error', err})
+  finish(id, jk, q, 'running', ARGV[7], f[4], f[5], f[6], ',"error":' .. err, now, {'error', err},
+         nil, f[7], f[8])
 elseif redis.call('HGET', jk, 'cancel_requested') == '1' then
   -- a job asked to cancel while its attempt failed is not tried again
   finish(id, jk, q, 'running', 'cancelled', f[4], f[5], f[6], ',"error":' .. err, now,
-         {'error', err})
+         {'error', err}, nil, f[7], f[8])
 else
   redis.call('HSET', jk, 'error', err)
   -- the job keeps its lane (it is still the head) and waits for its next attempt
   local status = due > now and 'scheduled' or 'queued'
-  move(jk, q, 'running', status)
+  move(id, jk, q, 'running', status, f[8])
   redis.call('HSET', jk, 'scheduled_for', retry_at)
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at')
   running_del[#running_del + 1] = id

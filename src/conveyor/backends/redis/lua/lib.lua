@@ -10,7 +10,7 @@
 --                       so equal priorities fall back to the member's order, i.e. enqueue order
 --   P:q:Q:scheduled     zset of lane heads waiting for a time: score = due timestamp
 --   P:q:Q:unique        hash unique value -> id of the active job holding it
---   P:q:Q:all           zset of every stored job of the queue by seq (for listing)
+--   P:q:Q:s:<status>    zset of the queue's jobs in that status by seq (listing, newest first)
 --   P:q:Q:counts        hash status -> number of jobs
 --   P:lane:<#Q>:Q:<key> list of the unfinished jobs of a lane, in enqueue order; head runs
 --   P:running           zset of running jobs by lease expiry (Redis clock)
@@ -82,9 +82,10 @@ local function qkey(q, what) return P .. ':q:' .. q .. ':' .. what end
 local function lkey(q, key) return P .. ':lane:' .. #q .. ':' .. q .. ':' .. key end
 local function member(seq, id) return string.format('%016d', seq) .. id end
 
--- FIELDS and the event count: what claiming a job reads
+-- FIELDS, the event count and seq: what claiming a job reads
 local FIELDS_EV = {unpack(FIELDS)}
 FIELDS_EV[#FIELDS_EV + 1] = 'ev'
+FIELDS_EV[#FIELDS_EV + 1] = 'seq'
 local worker_json = {}
 
 local function record(jk)
@@ -102,10 +103,28 @@ local function count(q, status, delta)
   d[status] = (d[status] or 0) + delta
 end
 
-local function move(jk, q, from, to)
+-- The listing indexes (P:q:Q:s:<status>) change with every status change: the changes are
+-- gathered per index and job, the last one winning, and applied by settle() in one ZADD and one
+-- ZREM per index however many jobs moved.
+local relisted = {}
+local function relist(id, q, from, to, seq)
+  if from then
+    local k = qkey(q, 's:' .. from)
+    relisted[k] = relisted[k] or {}
+    relisted[k][id] = false
+  end
+  if to then
+    local k = qkey(q, 's:' .. to)
+    relisted[k] = relisted[k] or {}
+    relisted[k][id] = seq
+  end
+end
+
+local function move(id, jk, q, from, to, seq)
   redis.call('HSET', jk, 'status', to)
   count(q, from, -1)
   count(q, to, 1)
+  relist(id, q, from, to, seq)
 end
 
 -- jobs created by this script: nobody can be listening to their events yet
@@ -208,8 +227,8 @@ end
 
 -- end a job: final status (and any `sets` field/value pairs) with its status event in one
 -- HSET, lease gone (and any `dels` fields), unique and lane released, retention clock started;
--- `ev` is the job's event count when the caller has read it already
-local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, sets, dels, ev)
+-- `ev` is the job's event count and `seq` its sequence number when the caller has read them
+local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, sets, dels, ev, seq)
   local n = ev and tonumber(ev) + 1 or redis.call('HINCRBY', jk, 'ev', 1)
   local fields = {'status', to, 'finished_at', ts(now), 'ev', n,
                   'e' .. n, event_text('status', status_data(to, attempts, extra), now)}
@@ -223,6 +242,7 @@ local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, se
   announce(id, n)
   count(q, from, -1)
   count(q, to, 1)
+  relist(id, q, from, to, seq or redis.call('HGET', jk, 'seq'))
   running_del[#running_del + 1] = id
   leave(id, q, key, unique)
   done_add[#done_add + 1] = ts(now)
@@ -233,7 +253,7 @@ end
 -- the fields a fenced transition needs: nil unless `token` holds the running job's lease
 local function held(jk, token)
   local f = redis.call('HMGET', jk, 'status', 'lease_token', 'queue', 'key', 'unique', 'attempts',
-                       'ev')
+                       'ev', 'seq')
   if f[1] ~= 'running' or f[2] ~= token then return nil end
   return f
 end
@@ -245,10 +265,10 @@ local function requeue(id, jk, q, reason, now)
                        'unique')
   if f[4] == '1' then
     finish(id, jk, q, 'running', 'cancelled', f[5], f[6], f[1], ',"reason":"' .. reason .. '"',
-           now)
+           now, nil, nil, nil, f[3])
     return
   end
-  move(jk, q, 'running', 'queued')
+  move(id, jk, q, 'running', 'queued', f[3])
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at', 'worker', 'scheduled_for')
   running_del[#running_del + 1] = id
   status_event(id, jk, 'queued', f[1], ',"reason":"' .. reason .. '"', now)
@@ -263,7 +283,7 @@ local function prune(cutoff, batch)
   for _, m in ipairs(old) do
     local id, status, q = string.match(m, '^([^\n]*)\n([^\n]*)\n(.*)$')
     redis.call('DEL', jkey(id))
-    redis.call('ZREM', qkey(q, 'all'), id)
+    relist(id, q, status, nil)
     count(q, status, -1)
   end
   chunked('ZREM', dk, old)
@@ -279,7 +299,8 @@ local function take(id, worker, token, lease_until, now)
   local status, q = f[4], f[3]
   if status ~= 'queued' and status ~= 'scheduled' then return nil end
   local n = (tonumber(f[25]) or 0) + 1
-  f[25] = nil
+  relist(id, q, status, 'running', f[26])
+  f[25], f[26] = nil, nil
   local attempts = (tonumber(f[10]) or 0) + 1
   local expires = ts(lease_until)
   local at = ts(now)
@@ -378,6 +399,19 @@ local function settle(now)
     for status, delta in pairs(d) do
       if delta ~= 0 then redis.call('HINCRBY', ck, status, delta) end
     end
+  end
+  for k, ops in pairs(relisted) do
+    local add, del = {}, {}
+    for id, seq in pairs(ops) do
+      if seq then
+        add[#add + 1] = seq
+        add[#add + 1] = id
+      else
+        del[#del + 1] = id
+      end
+    end
+    chunked('ZADD', k, add)
+    chunked('ZREM', k, del)
   end
   chunked('ZADD', P .. ':running', running_add)
   chunked('ZREM', P .. ':running', running_del)

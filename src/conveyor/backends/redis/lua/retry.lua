@@ -10,11 +10,10 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   redis.call('PERSIST', jk)
   redis.call('ZREM', P .. ':done', id .. '\n' .. status .. '\n' .. q)
   local seq = redis.call('INCR', P .. ':seq')
-  move(jk, q, status, 'queued')
+  move(id, jk, q, status, 'queued', seq)
   redis.call('HSET', jk, 'seq', seq, 'attempts', 0, 'cancel_requested', 0)
   redis.call('HDEL', jk, 'finished_at', 'started_at', 'lease_token', 'lease_expires_at',
              'worker', 'scheduled_for', 'lost')
-  redis.call('ZADD', qkey(q, 'all'), seq, id)
   -- an active job holds the unique value now: this one gives it up (as SQLite does)
   if unique and redis.call('HSETNX', qkey(q, 'unique'), unique, id) == 0 then
     redis.call('HDEL', jk, 'unique')
