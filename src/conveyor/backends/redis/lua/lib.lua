@@ -10,7 +10,8 @@
 --                       so equal priorities fall back to the member's order, i.e. enqueue order
 --   P:q:Q:scheduled     zset of lane heads waiting for a time: score = due timestamp
 --   P:q:Q:unique        hash unique value -> id of the active job holding it
---   P:q:Q:s:<status>    zset of the queue's jobs in that status by seq (listing, newest first)
+--   P:q:Q:in-<status>   zset of the queue's jobs in that status by seq (listing, newest first)
+--                       (no ':' in what follows a queue name: names may hold ':')
 --   P:q:Q:counts        hash status -> number of jobs
 --   P:lane:<#Q>:Q:<key> list of the unfinished jobs of a lane, in enqueue order; head runs
 --   P:running           zset of running jobs by lease expiry (Redis clock)
@@ -103,18 +104,18 @@ local function count(q, status, delta)
   d[status] = (d[status] or 0) + delta
 end
 
--- The listing indexes (P:q:Q:s:<status>) change with every status change: the changes are
+-- The listing indexes (P:q:Q:in-<status>) change with every status change: the changes are
 -- gathered per index and job, the last one winning, and applied by settle() in one ZADD and one
 -- ZREM per index however many jobs moved.
 local relisted = {}
 local function relist(id, q, from, to, seq)
   if from then
-    local k = qkey(q, 's:' .. from)
+    local k = qkey(q, 'in-' .. from)
     relisted[k] = relisted[k] or {}
     relisted[k][id] = false
   end
   if to then
-    local k = qkey(q, 's:' .. to)
+    local k = qkey(q, 'in-' .. to)
     relisted[k] = relisted[k] or {}
     relisted[k][id] = seq
   end

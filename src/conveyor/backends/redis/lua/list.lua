@@ -2,7 +2,7 @@
 -- ARGV[5] task or '', ARGV[6] limit, ARGV[7] offset, ARGV[8] most index entries to look at per
 -- index when filtering by task (bounds the work). Returns the matching records.
 --
--- Each (queue, status) has its own index by seq (P:q:Q:s:<status>), so a page costs about
+-- Each (queue, status) has its own index by seq (P:q:Q:in-<status>), so a page costs about
 -- `offset + limit` entries per index read, whatever the number of stored jobs. Only a task
 -- filter reads the records it passes over (up to the budget per index).
 local STATUSES = {'queued', 'scheduled', 'running', 'succeeded', 'failed', 'cancelled', 'dead'}
@@ -14,7 +14,7 @@ local limit, skip, budget = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[
 
 local indexes = {}
 for _, q in ipairs(queues) do
-  for _, s in ipairs(statuses) do indexes[#indexes + 1] = qkey(q, 's:' .. s) end
+  for _, s in ipairs(statuses) do indexes[#indexes + 1] = qkey(q, 'in-' .. s) end
 end
 -- one index: the page starts at `skip` in it; several: each one's first `skip + limit` matches
 -- are merged by seq, and the newest `skip + limit` overall are among them
