@@ -8,6 +8,7 @@ stay blocked. These tests delete records with a raw client and play the worker o
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -157,3 +158,21 @@ async def test_open_warns_when_redis_may_evict_job_records(
             async with Queue(server.url(prefix="evict")):
                 pass
         assert "maxmemory-policy allkeys-lru" in caplog.text
+
+
+async def test_a_cancel_during_a_script_call_always_reaches_the_caller(queue: Queue) -> None:
+    """A task cancelled while its script call is in flight ends cancelled, never runs on."""
+    backend = queue.backend
+
+    async def busy() -> None:
+        while True:  # like a worker's loop: one script after another until it is cancelled
+            await backend.recover()
+
+    for i in range(200):
+        task = asyncio.create_task(busy())
+        for _ in range(i % 7):  # land the cancel at different points of the exchange
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"round {i}: the cancel was swallowed, the loop ran on"
+        assert task.cancelled()

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
-from conveyor.backends.redis.connection import Scripts
+from conveyor.backends.redis.connection import Scripts, honour_cancel
 from conveyor.backends.redis.handoff import HandOffs
 from conveyor.backends.redis.listener import Handler, Latch, Listener
 from conveyor.backends.redis.records import FIELDS, dt, record, ts
@@ -375,13 +375,9 @@ class RedisBackend(Backend):
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
-        client = self._scripts.opened()
-        try:
-            values: list[str | None] = await client.hmget(  # type: ignore[assignment]
-                self._job_key(job_id), FIELDS
-            )
-        except RedisError as exc:
-            raise BackendError(f"redis get: {exc}") from exc
+        values: list[str | None] = await self._scripts.command(
+            "HMGET", self._job_key(job_id), *FIELDS
+        )
         return None if values[0] is None else record(values)
 
     async def list_jobs(self, flt: JobFilter) -> list[JobRecord]:
@@ -411,13 +407,17 @@ class RedisBackend(Backend):
         if not job_ids:
             return set()
         client = self._scripts.opened()
+        task = asyncio.current_task()
+        asked = 0 if task is None else task.cancelling()
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
                     pipe.hget(self._job_key(job_id), "cancel_requested")
                 flags = await pipe.execute()
         except RedisError as exc:
+            honour_cancel(task, asked)
             raise BackendError(f"redis cancel_requested: {exc}") from exc
+        honour_cancel(task, asked)
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag == "1"}
 
     # -- waiting ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.errors import BackendError
 
-__all__ = ["Scripts"]
+__all__ = ["Scripts", "honour_cancel"]
 
 SCRIPTS = (
     "enqueue", "claim", "renew", "complete", "fail", "release", "cancel", "retry", "recover",
@@ -41,6 +41,19 @@ def _load_scripts() -> dict[str, str]:
         name: lib + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
         for name in SCRIPTS
     }
+
+
+def honour_cancel(task: asyncio.Task[Any] | None, asked: int) -> None:
+    """Raise CancelledError if ``task`` was asked to cancel since it had ``asked`` requests.
+
+    redis-py (seen with 8.1) can swallow a cancel that arrives while a command is sent, or turn
+    it into a connection error: the command then returns, or is retried, as if nothing had
+    happened, and a worker's loop that was told to stop never does. Such a cancel is delivered
+    here. A cancel the caller had already received and chose to survive (cleanup code) does not
+    count: only requests that arrived during this command do.
+    """
+    if task is not None and task.cancelling() > asked:
+        raise asyncio.CancelledError
 
 
 class Scripts:
@@ -106,14 +119,19 @@ class Scripts:
         self.opened()
         sha, text = self._scripts[name]
         full = (self._prefix, self._retention, *args)
+        task = asyncio.current_task()
+        asked = 0 if task is None else task.cancelling()
         delay = 0.02
         for attempt in range(4):
             try:
                 try:
-                    return await self._command("EVALSHA", sha, 0, *full)
+                    reply = await self._command("EVALSHA", sha, 0, *full)
                 except NoScriptError:  # a restarted or flushed server: load it once more
-                    return await self._command("EVAL", text, 0, *full)
+                    reply = await self._command("EVAL", text, 0, *full)
+                honour_cancel(task, asked)
+                return reply
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                honour_cancel(task, asked)
                 # a dropped connection (Redis restarting) is tried again briefly first. If the
                 # script ran but its reply was lost, running it again is safe: enqueue skips
                 # ids it has, fenced verbs answer False, and a second claim's leases expire
@@ -131,10 +149,15 @@ class Scripts:
     async def command(self, *args: Any) -> Any:
         """Run one plain command; driver errors become BackendError."""
         self.opened()
+        task = asyncio.current_task()
+        asked = 0 if task is None else task.cancelling()
         try:
-            return await self._command(*args)
+            reply = await self._command(*args)
         except (RedisError, OSError) as exc:
+            honour_cancel(task, asked)
             raise BackendError(f"redis {args[0]}: {exc}") from exc
+        honour_cancel(task, asked)
+        return reply
 
     async def _drop_idle(self) -> None:
         conns, self._idle_conns = self._idle_conns, []
