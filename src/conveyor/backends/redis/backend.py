@@ -125,6 +125,11 @@ class RedisBackend(Backend):
             with contextlib.suppress(BackendError):
                 await self.retire(worker)
         self._hands.queues.clear()
+        confirming, self._confirming = self._confirming, None
+        if confirming is not None and not confirming.done():
+            confirming.cancel()  # what it would confirm was given back by retire() above
+            with contextlib.suppress(asyncio.CancelledError):
+                await confirming
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.stop()
