@@ -62,7 +62,8 @@ async def test_a_delay_is_honoured_by_the_redis_clock(queue: Queue) -> None:
     assert 0.25 <= (record.scheduled_for - queued.at).total_seconds() <= 0.35
     async with queue.worker(concurrency=2):
         assert await job.result(timeout=5) == 5
-    assert time.monotonic() - t0 < 2.0
+        elapsed = time.monotonic() - t0
+    assert elapsed < 2.0, f"done after {elapsed:.2f} s"
     started = (await job.info()).started_at
     assert started is not None and started >= record.scheduled_for
 
