@@ -10,7 +10,8 @@
 --                       so equal priorities fall back to the member's order, i.e. enqueue order
 --   P:q:Q:scheduled     zset of lane heads waiting for a time: score = due timestamp
 --   P:q:Q:unique        hash unique value -> id of the active job holding it
---   P:q:Q:all           zset of every stored job of the queue by seq (for listing)
+--   P:q:Q:in-<status>   zset of the queue's jobs in that status by seq (listing, newest first)
+--                       (no ':' in what follows a queue name: names may hold ':')
 --   P:q:Q:counts        hash status -> number of jobs
 --   P:lane:<#Q>:Q:<key> list of the unfinished jobs of a lane, in enqueue order; head runs
 --   P:running           zset of running jobs by lease expiry (Redis clock)
@@ -19,6 +20,8 @@
 --   P:q:Q:idle          set of workers registered idle on the queue (see hand_out)
 --   P:idle:<worker>     hash: its free slots, registration expiry, lease, token prefix, count
 --   P:handed:<worker>   list of job ids handed to it since its last claim (short TTL)
+--   P:handing           zset of hand-outs not confirmed yet, member "<id>\n<token>", score the
+--                       time by which the worker must confirm (see hand_out, take_back)
 -- Channels: P:wake:Q (work may be due), P:cancel (a running job was asked to stop),
 --           P:ev:<id> (the job has a new event), P:hand:<worker> (a job claimed for it).
 
@@ -47,15 +50,43 @@ local function ts(x)
   return last_ts
 end
 
+-- Run `cmd key <values>` over a long list of values in slices, and return the replies joined
+-- (for commands that answer a list, like HMGET). A single unpack() fails past a few thousand
+-- values (Lua's C stack, LUAI_MAXCSTACK): every list that grows with a batch goes through here.
+-- CHUNK is even, so field/value or score/member pairs never straddle two slices.
+local CHUNK = 1000
+local function chunked(cmd, key, list)
+  local out = {}
+  for i = 1, #list, CHUNK do
+    local got = redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+-- A due time a client sent (`at`, by its clock, read at `client_now`) as a time of the Redis
+-- clock: as sent when the two clocks agree within CLOCK_TRUST seconds (the round trip included),
+-- so `at=` is kept exactly; otherwise moved by the difference, so a client whose clock is off
+-- still gets the delay it asked for. Leases and due times are judged by the Redis clock alone.
+local CLOCK_TRUST = 0.5
+local function on_redis_clock(at, client_now, now)
+  local skew = client_now - now
+  if skew > CLOCK_TRUST or skew < -CLOCK_TRUST then return at - skew end
+  return at
+end
+
 local function jkey(id) return P .. ':job:' .. id end
 local function qkey(q, what) return P .. ':q:' .. q .. ':' .. what end
 -- the queue's length first: a queue name and a key may both contain ':'
 local function lkey(q, key) return P .. ':lane:' .. #q .. ':' .. q .. ':' .. key end
 local function member(seq, id) return string.format('%016d', seq) .. id end
 
--- FIELDS and the event count: what claiming a job reads
+-- FIELDS, the event count and seq: what claiming a job reads
 local FIELDS_EV = {unpack(FIELDS)}
 FIELDS_EV[#FIELDS_EV + 1] = 'ev'
+FIELDS_EV[#FIELDS_EV + 1] = 'seq'
 local worker_json = {}
 
 local function record(jk)
@@ -73,10 +104,28 @@ local function count(q, status, delta)
   d[status] = (d[status] or 0) + delta
 end
 
-local function move(jk, q, from, to)
+-- The listing indexes (P:q:Q:in-<status>) change with every status change: the changes are
+-- gathered per index and job, the last one winning, and applied by settle() in one ZADD and one
+-- ZREM per index however many jobs moved.
+local relisted = {}
+local function relist(id, q, from, to, seq)
+  if from then
+    local k = qkey(q, 'in-' .. from)
+    relisted[k] = relisted[k] or {}
+    relisted[k][id] = false
+  end
+  if to then
+    local k = qkey(q, 'in-' .. to)
+    relisted[k] = relisted[k] or {}
+    relisted[k][id] = seq
+  end
+end
+
+local function move(id, jk, q, from, to, seq)
   redis.call('HSET', jk, 'status', to)
   count(q, from, -1)
   count(q, to, 1)
+  relist(id, q, from, to, seq)
 end
 
 -- jobs created by this script: nobody can be listening to their events yet
@@ -135,6 +184,29 @@ local function unindex(id, q, seq)
   redis.call('ZREM', qkey(q, 'scheduled'), id)
 end
 
+-- The first job of a lane whose record still exists. Records can vanish behind the scripts'
+-- back (evicted under memory pressure, deleted by hand): such ids are dropped from the front,
+-- so a missing record never blocks its lane. Returns the head (or nil) and whether any went.
+local function lane_head(lk)
+  local dropped = false
+  while true do
+    local head = redis.call('LINDEX', lk, 0)
+    if not head or redis.call('EXISTS', jkey(head)) == 1 then return head, dropped end
+    redis.call('LPOP', lk)
+    dropped = true
+  end
+end
+
+-- append the stored job `id` to its lane; true when it is the lane's head (it may run now)
+local function join_lane(q, key, id)
+  local lk = lkey(q, key)
+  if redis.call('RPUSH', lk, id) == 1 then return true end
+  -- the head may be a job whose record vanished: drop it and free whoever is next
+  local first, dropped = lane_head(lk)
+  if dropped and first ~= id then make_available_by_id(first) end
+  return first == id
+end
+
 -- a job reached a final status: free its unique value and hand its lane on
 local function leave(id, q, key, unique)
   if unique then
@@ -145,10 +217,10 @@ local function leave(id, q, key, unique)
   end
   if key then
     local lk = lkey(q, key)
-    local head = redis.call('LINDEX', lk, 0)
+    local head = lane_head(lk)
     redis.call('LREM', lk, 1, id)
     if head == id then
-      local nxt = redis.call('LINDEX', lk, 0)
+      local nxt = lane_head(lk)
       if nxt then make_available_by_id(nxt) end
     end
   end
@@ -156,8 +228,8 @@ end
 
 -- end a job: final status (and any `sets` field/value pairs) with its status event in one
 -- HSET, lease gone (and any `dels` fields), unique and lane released, retention clock started;
--- `ev` is the job's event count when the caller has read it already
-local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, sets, dels, ev)
+-- `ev` is the job's event count and `seq` its sequence number when the caller has read them
+local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, sets, dels, ev, seq)
   local n = ev and tonumber(ev) + 1 or redis.call('HINCRBY', jk, 'ev', 1)
   local fields = {'status', to, 'finished_at', ts(now), 'ev', n,
                   'e' .. n, event_text('status', status_data(to, attempts, extra), now)}
@@ -171,6 +243,7 @@ local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, se
   announce(id, n)
   count(q, from, -1)
   count(q, to, 1)
+  relist(id, q, from, to, seq or redis.call('HGET', jk, 'seq'))
   running_del[#running_del + 1] = id
   leave(id, q, key, unique)
   done_add[#done_add + 1] = ts(now)
@@ -181,7 +254,7 @@ end
 -- the fields a fenced transition needs: nil unless `token` holds the running job's lease
 local function held(jk, token)
   local f = redis.call('HMGET', jk, 'status', 'lease_token', 'queue', 'key', 'unique', 'attempts',
-                       'ev')
+                       'ev', 'seq')
   if f[1] ~= 'running' or f[2] ~= token then return nil end
   return f
 end
@@ -193,10 +266,10 @@ local function requeue(id, jk, q, reason, now)
                        'unique')
   if f[4] == '1' then
     finish(id, jk, q, 'running', 'cancelled', f[5], f[6], f[1], ',"reason":"' .. reason .. '"',
-           now)
+           now, nil, nil, nil, f[3])
     return
   end
-  move(jk, q, 'running', 'queued')
+  move(id, jk, q, 'running', 'queued', f[3])
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at', 'worker', 'scheduled_for')
   running_del[#running_del + 1] = id
   status_event(id, jk, 'queued', f[1], ',"reason":"' .. reason .. '"', now)
@@ -211,10 +284,10 @@ local function prune(cutoff, batch)
   for _, m in ipairs(old) do
     local id, status, q = string.match(m, '^([^\n]*)\n([^\n]*)\n(.*)$')
     redis.call('DEL', jkey(id))
-    redis.call('ZREM', qkey(q, 'all'), id)
+    relist(id, q, status, nil)
     count(q, status, -1)
   end
-  if #old > 0 then redis.call('ZREM', dk, unpack(old)) end
+  chunked('ZREM', dk, old)
   return #old
 end
 
@@ -226,9 +299,10 @@ local function take(id, worker, token, lease_until, now)
   local f = redis.call('HMGET', jk, unpack(FIELDS_EV))
   local status, q = f[4], f[3]
   if status ~= 'queued' and status ~= 'scheduled' then return nil end
-  local n = tonumber(f[25]) + 1
-  f[25] = nil
-  local attempts = tonumber(f[10]) + 1
+  local n = (tonumber(f[25]) or 0) + 1
+  relist(id, q, status, 'running', f[26])
+  f[25], f[26] = nil, nil
+  local attempts = (tonumber(f[10]) or 0) + 1
   local expires = ts(lease_until)
   local at = ts(now)
   worker_json[worker] = worker_json[worker] or cjson.encode(worker)
@@ -248,11 +322,15 @@ local function take(id, worker, token, lease_until, now)
   return f
 end
 
+-- seconds a worker has to confirm a hand-out before the job goes back to its queue
+local HAND_CONFIRM = 1
+
 -- Hand the best ready jobs of queue q straight to idle workers (registered by claim.lua when
 -- they ran dry): the job is claimed for the worker here and its record published on the
--- worker's channel, which saves the worker a claim round trip. A registration lapses after a
--- short time, so a worker that died idle cannot hold on to new jobs for long (its lease brings
--- such a job back).
+-- worker's channel, which saves the worker a claim round trip. A worker may have died since it
+-- registered (a registration lives two seconds): the hand-out stays in P:handing until the
+-- worker confirms it (a batched ZREM, off its pickup path, or its next claim), and take_back
+-- returns it to its queue after HAND_CONFIRM seconds without a word.
 local function hand_out(q, now)
   local ik = qkey(q, 'idle')
   local rk = qkey(q, 'ready')
@@ -277,12 +355,34 @@ local function hand_out(q, now)
         local hk = P .. ':handed:' .. worker
         redis.call('RPUSH', hk, rec[1])
         redis.call('EXPIRE', hk, 60)
+        redis.call('ZADD', P .. ':handing', now + HAND_CONFIRM, rec[1] .. '\n' .. rec[23])
         free = free - 1
         if free <= 0 then redis.call('SREM', ik, worker) end
       end
       redis.call('HSET', wk, 'free', free, 'n', n)
     end
   end
+end
+
+-- Hand-outs nobody confirmed in time go back to their queue, at their old place (priority,
+-- then enqueue order), as if never handed: the attempt is not counted and no lease is counted
+-- lost (the job did nothing wrong). The worker they went to is most likely dead: its idle
+-- registration goes too, so nothing more is handed to it.
+local function take_back(now)
+  local hk = P .. ':handing'
+  local late = redis.call('ZRANGEBYSCORE', hk, '-inf', '(' .. ts(now), 'LIMIT', 0, 1000)
+  for _, m in ipairs(late) do
+    local id, token = string.match(m, '^([^\n]*)\n(.*)$')
+    local jk = jkey(id)
+    local f = redis.call('HMGET', jk, 'status', 'lease_token', 'queue', 'worker')
+    if f[1] == 'running' and f[2] == token then
+      redis.call('DEL', P .. ':idle:' .. f[4])
+      redis.call('SREM', qkey(f[3], 'idle'), f[4])
+      requeue(id, jk, f[3], 'hand-off unconfirmed', now)
+      redis.call('HINCRBY', jk, 'attempts', -1)
+    end
+  end
+  chunked('ZREM', hk, late)
 end
 
 -- End of every writing script: hand new work to idle workers, wake the others if any is left
@@ -301,7 +401,20 @@ local function settle(now)
       if delta ~= 0 then redis.call('HINCRBY', ck, status, delta) end
     end
   end
-  if #running_add > 0 then redis.call('ZADD', P .. ':running', unpack(running_add)) end
-  if #running_del > 0 then redis.call('ZREM', P .. ':running', unpack(running_del)) end
-  if #done_add > 0 then redis.call('ZADD', P .. ':done', unpack(done_add)) end
+  for k, ops in pairs(relisted) do
+    local add, del = {}, {}
+    for id, seq in pairs(ops) do
+      if seq then
+        add[#add + 1] = seq
+        add[#add + 1] = id
+      else
+        del[#del + 1] = id
+      end
+    end
+    chunked('ZADD', k, add)
+    chunked('ZREM', k, del)
+  end
+  chunked('ZADD', P .. ':running', running_add)
+  chunked('ZREM', P .. ':running', running_del)
+  chunked('ZADD', P .. ':done', done_add)
 end

@@ -1,11 +1,13 @@
--- Store new jobs, in order. ARGV[3] = a JSON array with one array per job:
+-- Store new jobs, in order. ARGV[4] the client's clock when it sent them (see on_redis_clock).
+-- ARGV[3] = a JSON array with one array per job:
 -- [id, task, queue, args, kwargs, priority, key, unique, max_attempts, timeout, enqueued_at,
 --  scheduled_for, retry, supersede]: args, kwargs and retry are JSON text (stored as they are),
 -- key and unique are null when absent, timeout, scheduled_for and retry '' when absent,
 -- supersede a boolean; numbers are strings, so nothing is rounded on the way.
--- Returns per job: its status (stored now), or the record of the job it already is (same id,
--- e.g. a retried call) or that holds its unique value.
+-- Returns per job: its status (stored now, followed by ' <due time>' when it has one), or the
+-- record of the job it already is (same id, e.g. a retried call) or that holds its unique value.
 local now = clock()
+local client_now = tonumber(ARGV[4])
 handing = true
 local jobs = cjson.decode(ARGV[3])
 local out = {}
@@ -20,7 +22,8 @@ for i, job in ipairs(jobs) do
     existing = jk
   elseif unique then
     local holder = redis.call('HGET', qkey(q, 'unique'), unique)
-    if holder then existing = jkey(holder) end
+    -- a holder whose record vanished holds nothing: the new job takes the value over below
+    if holder and redis.call('EXISTS', jkey(holder)) == 1 then existing = jkey(holder) end
   end
   if existing then
     out[i] = record(existing)
@@ -32,15 +35,20 @@ for i, job in ipairs(jobs) do
         local f = redis.call('HMGET', ok, 'status', 'attempts', 'seq', 'unique')
         if (f[1] == 'queued' or f[1] == 'scheduled') and tonumber(f[2]) == 0 then
           unindex(old, q, tonumber(f[3]))
-          finish(old, ok, q, f[1], 'cancelled', key, f[4], f[2], ',"reason":"superseded"', now)
+          finish(old, ok, q, f[1], 'cancelled', key, f[4], f[2], ',"reason":"superseded"', now,
+                 nil, nil, nil, f[3])
         end
       end
     end
     fresh[id] = true
     local seq = redis.call('INCR', P .. ':seq')
-    local due = job[12]
+    local due = ''
     local status = 'queued'
-    if due ~= '' and tonumber(due) > now then status = 'scheduled' end
+    if job[12] ~= '' then
+      local at = on_redis_clock(tonumber(job[12]), client_now, now)
+      due = at == tonumber(job[12]) and job[12] or ts(at)
+      if at > now then status = 'scheduled' end
+    end
     local priority = tonumber(job[6])
     -- the record and its first event in one HSET: this runs once per job enqueued
     local fields = {'id', id, 'task', job[2], 'queue', q, 'status', status, 'args', job[4],
@@ -56,15 +64,13 @@ for i, job in ipairs(jobs) do
     if due ~= '' then fields[#fields + 1] = 'scheduled_for'; fields[#fields + 1] = due end
     if job[13] ~= '' then fields[#fields + 1] = 'retry'; fields[#fields + 1] = job[13] end
     redis.call('HSET', jk, unpack(fields))
-    redis.call('ZADD', qkey(q, 'all'), seq, id)
+    relist(id, q, nil, status, seq)
     redis.call('SADD', P .. ':queues', q)
     count(q, status, 1)
-    local head = true
-    if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
-    if head then
+    if not key or join_lane(q, key, id) then
       make_available(id, q, status, priority, seq, status == 'scheduled' and due or nil)
     end
-    out[i] = status
+    out[i] = due == '' and status or status .. ' ' .. due
   end
 end
 settle(now)

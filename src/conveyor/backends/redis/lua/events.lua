@@ -6,4 +6,4 @@ local n = tonumber(redis.call('HGET', jk, 'ev') or '0')
 if n <= after then return {} end
 local names = {}
 for i = after + 1, n do names[#names + 1] = 'e' .. i end
-return redis.call('HMGET', jk, unpack(names))
+return chunked('HMGET', jk, names)

@@ -14,6 +14,9 @@ for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
 -- seconds an idle registration stays valid: the worker claims again within a second when idle
 local IDLE_TTL = 2
 
+-- hand-outs to workers that never confirmed them come back first, at their old place
+take_back(now)
+
 -- this claim supersedes the worker's last idle registration (it is renewed below if it runs dry)
 local wk = P .. ':idle:' .. worker
 redis.call('DEL', wk)
@@ -22,7 +25,11 @@ local handed = {}
 local hk = P .. ':handed:' .. worker
 for _, id in ipairs(redis.call('LRANGE', hk, 0, -1)) do
   local rec = record(jkey(id))
-  if rec[4] == 'running' and rec[21] == worker then handed[#handed + 1] = rec end
+  if rec[4] == 'running' and rec[21] == worker then
+    handed[#handed + 1] = rec
+    -- the worker is alive and has it now: confirmed
+    redis.call('ZREM', P .. ':handing', id .. '\n' .. rec[23])
+  end
 end
 redis.call('DEL', hk)
 -- recovered hand-outs count against the worker's free slots
@@ -34,9 +41,12 @@ for _, q in ipairs(queues) do
   local due = redis.call('ZRANGEBYSCORE', sk, '-inf', ts(now), 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     local f = redis.call('HMGET', jkey(id), 'priority', 'seq')
-    redis.call('ZADD', qkey(q, 'ready'), -tonumber(f[1]), member(tonumber(f[2]), id))
+    -- a record that vanished (evicted, deleted by hand) leaves with its entry
+    if f[2] then
+      redis.call('ZADD', qkey(q, 'ready'), -(tonumber(f[1]) or 0), member(tonumber(f[2]), id))
+    end
   end
-  if #due > 0 then redis.call('ZREM', sk, unpack(due)) end
+  chunked('ZREM', sk, due)
 end
 
 -- candidates: the best `limit` of each queue, merged by (score, member), taken off the index
@@ -78,6 +88,9 @@ if #out - 2 < limit then
     end
     if handoff then redis.call('SADD', qkey(q, 'idle'), worker) end
   end
+  -- a pending hand-out may come back: look again when it would
+  local hand = redis.call('ZRANGE', P .. ':handing', 0, 0, 'WITHSCORES')
+  if hand[2] and (soonest == nil or tonumber(hand[2]) < soonest) then soonest = tonumber(hand[2]) end
   if soonest then out[1] = ts(math.max(0, soonest - now)) end
   if handoff then
     redis.call('HSET', wk, 'free', limit - (#out - 2), 'until', ts(now + IDLE_TTL),

@@ -10,17 +10,15 @@ if status == 'failed' or status == 'dead' or status == 'cancelled' then
   redis.call('PERSIST', jk)
   redis.call('ZREM', P .. ':done', id .. '\n' .. status .. '\n' .. q)
   local seq = redis.call('INCR', P .. ':seq')
-  move(jk, q, status, 'queued')
+  move(id, jk, q, status, 'queued', seq)
   redis.call('HSET', jk, 'seq', seq, 'attempts', 0, 'cancel_requested', 0)
   redis.call('HDEL', jk, 'finished_at', 'started_at', 'lease_token', 'lease_expires_at',
              'worker', 'scheduled_for', 'lost')
-  redis.call('ZADD', qkey(q, 'all'), seq, id)
   -- an active job holds the unique value now: this one gives it up (as SQLite does)
   if unique and redis.call('HSETNX', qkey(q, 'unique'), unique, id) == 0 then
     redis.call('HDEL', jk, 'unique')
   end
-  local head = true
-  if key then head = redis.call('RPUSH', lkey(q, key), id) == 1 end
+  local head = not key or join_lane(q, key, id)
   status_event(id, jk, 'queued', 0, ',"reason":"retried"', now)
   if head then make_available(id, q, 'queued', tonumber(f[5]), seq, nil) end
 end

@@ -9,7 +9,7 @@ for i, ack in ipairs(cjson.decode(ARGV[3])) do
   local f = held(jk, ack[2])
   if f then
     finish(id, jk, f[3], 'running', 'succeeded', f[4], f[5], f[6], '', now,
-           {'result', ack[3]}, {'error'}, f[7])
+           {'result', ack[3]}, {'error'}, f[7], f[8])
     out[i] = 1
   else
     out[i] = 0

@@ -26,6 +26,7 @@ for _, id in ipairs(expired) do
     running_del[#running_del + 1] = id
   end
 end
+take_back(now)
 -- retention: a finished job's hash expires by itself; its index entries and count go here
 prune(now - RETENTION, batch)
 settle(now)

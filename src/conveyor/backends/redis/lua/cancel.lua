@@ -12,11 +12,11 @@ local q = f[3]
 if token ~= '' then
   if f[1] == 'running' and f[2] == token then
     finish(id, jk, q, 'running', 'cancelled', f[4], f[5], f[6], '', now,
-           err ~= '' and {'error', err} or nil)
+           err ~= '' and {'error', err} or nil, nil, nil, f[7])
   end
 elseif f[1] == 'queued' or f[1] == 'scheduled' then
   unindex(id, q, tonumber(f[7]))
-  finish(id, jk, q, f[1], 'cancelled', f[4], f[5], f[6], '', now)
+  finish(id, jk, q, f[1], 'cancelled', f[4], f[5], f[6], '', now, nil, nil, nil, f[7])
 elseif f[1] == 'running' and f[8] ~= '1' then
   redis.call('HSET', jk, 'cancel_requested', 1)
   redis.call('PUBLISH', P .. ':cancel', id)

@@ -1,0 +1,214 @@
+"""Push from Redis: one pub/sub connection per backend, and the latch idle workers wait on.
+
+The :class:`Listener` hands each message to the handlers of its channel, survives Redis going
+away (it reconnects with backoff and reports itself unhealthy meanwhile, so waiters poll), and
+never needs a worker restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["Handler", "Latch", "Listener"]
+
+log = logging.getLogger("conveyor.redis")
+
+Handler = Callable[[str], None]
+
+
+class Latch:
+    """A flag that stays set until a waiter takes it; waking costs one loop step.
+
+    ``asyncio.wait_for(event.wait(), t)`` would wrap the wait in a task of its own; on the
+    pickup path every loop step counts.
+    """
+
+    __slots__ = ("_flag", "_waiters")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        """Raise the flag and wake every waiter."""
+        self._flag = True
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_and_clear(self, timeout: float) -> None:
+        """Return once the flag is up (lowering it), or after ``timeout`` seconds."""
+        if not self._flag:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(fut)
+            timer = loop.call_later(timeout, _settle, fut)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                self._waiters.discard(fut)
+        self._flag = False
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Listener:
+    """One dedicated pub/sub connection: hands each message to the handlers of its channel.
+
+    Subscriptions are declared with :meth:`subscribe` at any time and survive reconnects. The
+    connection is checked with a PING when it has been silent for ``idle`` seconds; when it
+    drops, the listener reconnects with backoff and calls ``on_reconnect`` (messages may have
+    been missed), and :attr:`healthy` is False meanwhile so waiters poll instead.
+    """
+
+    idle = 15.0
+
+    def __init__(
+        self, connect: Callable[[], AbstractConnection], on_reconnect: Callable[[], None]
+    ) -> None:
+        self._connect = connect
+        self._on_reconnect = on_reconnect
+        self._handlers: dict[str, set[Handler]] = {}
+        self._sent: set[str] = set()  # subscribed on the current connection (asked)
+        self._active: set[str] = set()  # confirmed by the server on the current connection
+        self._confirmed = asyncio.Event()
+        self._conn: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        # the loop keeps only weak references to tasks: an unreferenced SUBSCRIBE could vanish
+        self._sending: set[asyncio.Task[None]] = set()
+        self.healthy = False
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Deliver the messages of ``channel`` to ``handler`` (see :meth:`ready`)."""
+        self._handlers.setdefault(channel, set()).add(handler)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="conveyor-redis")
+        self._sync()
+
+    def unsubscribe(self, channel: str, handler: Handler) -> None:
+        """Stop delivering ``channel`` to ``handler``; the last one leaves the channel."""
+        handlers = self._handlers.get(channel)
+        if handlers is None:
+            return
+        handlers.discard(handler)
+        if handlers:
+            return
+        del self._handlers[channel]
+        if channel in self._sent and self._conn is not None:
+            self._sent.discard(channel)
+            self._active.discard(channel)
+            self._send("UNSUBSCRIBE", channel)
+
+    async def ready(self, channels: Sequence[str], timeout: float = 1.0) -> None:
+        """Wait until the server confirmed these subscriptions (at most ``timeout`` seconds)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(ch in self._active for ch in channels):
+            left = deadline - loop.time()
+            if left <= 0:
+                return  # Redis is away; callers poll until the listener is back
+            self._confirmed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._confirmed.wait(), left)
+
+    def active(self, channel: str) -> bool:
+        """True while the server confirms a subscription to ``channel`` on this connection."""
+        return channel in self._active
+
+    async def stop(self) -> None:
+        """Close the connection and stop reconnecting."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._handlers.clear()
+
+    # -- internals -------------------------------------------------------------------------
+    def _send(self, *args: str) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+
+        async def send() -> None:
+            with contextlib.suppress(RedisError, OSError):
+                # check_health=False: a health check would read, and only _run may read
+                await conn.send_command(*args, check_health=False)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _sync(self) -> None:
+        missing = [ch for ch in self._handlers if ch not in self._sent]
+        if missing and self._conn is not None:
+            self._sent.update(missing)
+            self._send("SUBSCRIBE", *missing)
+
+    def _dispatch(self, message: Any) -> None:
+        if not isinstance(message, list) or len(message) < 3:
+            return  # a PONG
+        kind, channel, data = message[0], message[1], message[2]
+        if kind == "message":
+            for handler in list(self._handlers.get(channel, ())):
+                try:
+                    handler(data)
+                except Exception:  # a handler's bug must not end the listener
+                    log.exception("redis listener: handler for %s failed", channel)
+        elif kind == "subscribe":
+            self._active.add(channel)
+            self._confirmed.set()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        connected_before = False
+        while True:
+            conn = self._connect()
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                self._conn, self._sent, self._active = conn, set(), set()
+                self._sync()
+                self.healthy = True
+                if connected_before:
+                    log.info("redis listener reconnected")
+                    self._on_reconnect()
+                connected_before = True
+                delay = 0.05
+                pinged = False
+                while True:
+                    message = await conn.read_response(timeout=self.idle, push_request=True)
+                    if message is None:
+                        if pinged:
+                            raise RedisTimeoutError(f"no answer to PING within {self.idle} s")
+                        pinged = True
+                        await conn.send_command("PING", check_health=False)
+                        continue
+                    pinged = False
+                    self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.healthy or delay == 0.05:
+                    log.warning("redis listener lost its connection (%s); reconnecting", exc)
+            finally:
+                self.healthy = False
+                self._conn = None
+                self._active.clear()
+                self._confirmed.set()  # waiters re-check (and fall back to polling)
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            self._on_reconnect()  # idle workers should look for work while pushes are off
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,120 @@
+"""Hand-off to idle workers on Redis: a job handed to a worker that died is not stuck.
+
+A worker whose claim came back empty registers as idle, and the next enqueue claims a job for
+it and publishes the record on its channel. If that worker died in the meantime, nobody
+confirms the hand-out: within about a second the job goes back to its queue, at its old place,
+without an attempt or a lost lease counted, and another worker runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+from redis_server import RedisServer
+
+from conveyor import Queue
+from conveyor.backends.base import Ack
+
+pytestmark = pytest.mark.timeout(60)
+
+#: lib.lua's HAND_CONFIRM: seconds a worker has to confirm a hand-out
+HAND_CONFIRM = 1.0
+
+
+@pytest.fixture
+def url(redis_server: RedisServer) -> str:
+    """This test's store: its own key prefix on the session's redis-server."""
+    return redis_server.url(prefix=f"hand-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def producer(url: str) -> AsyncIterator[Queue]:
+    """The app side: enqueues ``echo`` jobs."""
+    q = Queue(url)
+
+    @q.task(name="echo")
+    async def echo(x: int) -> int:
+        return x
+
+    async with q:
+        yield q
+
+
+async def _dead_idle_worker(url: str) -> Queue:
+    """A worker "A" registered idle (its claim came back empty) that then went deaf and dumb."""
+    side = Queue(url)
+    await side.open()
+    assert await side.backend.claim(["default"], "A", 1, 30.0) == []
+    listener = side.backend._listener  # type: ignore[attr-defined]
+    await listener.stop()  # it hears nothing more: the hand-out message is lost, never confirmed
+    return side
+
+
+def _lost(redis_server: RedisServer, prefix: str, job_id: str) -> str | None:
+    raw = redis.Redis(port=redis_server.port, decode_responses=True)
+    value: str | None = raw.hget(f"{prefix}:job:{job_id}", "lost")  # type: ignore[assignment]
+    return value
+
+
+async def test_an_unconfirmed_hand_out_comes_back_at_its_place_uncounted(
+    url: str, producer: Queue, redis_server: RedisServer
+) -> None:
+    """A job handed to a dead idle worker returns to the front of its queue after a second."""
+    dead = await _dead_idle_worker(url)
+    try:
+        echo = producer.tasks["echo"]
+        handed = await echo.enqueue(1)
+        later = [await echo.enqueue(i) for i in (2, 3)]
+        info = await handed.info()
+        assert (info.status, info.worker) == ("running", "A")  # claimed for A by the enqueue
+        await asyncio.sleep(HAND_CONFIRM + 0.1)  # a deadline to pass, not an event to wait for
+        b = producer.backend
+        (got,) = await b.claim(["default"], "B", 1, 30.0)
+        assert got.id == handed.id  # its old place: ahead of the jobs enqueued after it
+        assert got.attempts == 1  # the hand-out that never ran is not counted
+        assert _lost(redis_server, b.prefix, handed.id) is None  # type: ignore[attr-defined]
+        assert await b.complete([Ack(got.id, got.lease_token or "", 1)]) == [True]
+        assert [r.id for r in await b.claim(["default"], "B", 5, 30.0)] == [j.id for j in later]
+    finally:
+        await dead.close()
+
+
+async def test_another_worker_runs_a_job_handed_to_a_dead_one_within_two_seconds(
+    url: str, producer: Queue, redis_server: RedisServer
+) -> None:
+    """A live worker runs the job handed to a dead idle one within ~2 s, no lost lease counted."""
+    dead = await _dead_idle_worker(url)
+    try:
+        t0 = time.monotonic()
+        job = await producer.tasks["echo"].enqueue(7)
+        assert (await job.info()).worker == "A"
+        async with producer.worker(concurrency=2):
+            assert await job.result(timeout=10) == 7
+            elapsed = time.monotonic() - t0
+        assert elapsed < 3.0, f"done after {elapsed:.2f} s"
+        info = await job.info()
+        assert info.attempts == 1 and info.worker != "A"
+        assert _lost(redis_server, producer.backend.prefix, job.id) is None  # type: ignore[attr-defined]
+    finally:
+        await dead.close()
+
+
+async def test_a_live_idle_worker_keeps_what_it_is_handed(url: str, producer: Queue) -> None:
+    """A hand-out to a live idle worker is confirmed: it does not come back to the queue."""
+    side = Queue(url)
+    async with side:
+        backend = side.backend
+        assert await backend.claim(["default"], "A", 1, 30.0) == []
+        job = await producer.tasks["echo"].enqueue(1)
+        assert (await job.info()).worker == "A"
+        (got,) = await backend.claim(["default"], "A", 1, 30.0)  # taken from the message
+        assert got.id == job.id
+        await asyncio.sleep(HAND_CONFIRM + 0.1)  # past the deadline an unconfirmed hand-out has
+        assert await producer.backend.claim(["default"], "B", 1, 30.0) == []
+        assert await producer.backend.recover() == []
+        assert await backend.complete([Ack(got.id, got.lease_token or "", 1)]) == [True]
