@@ -39,11 +39,7 @@ def short_profile(backend: str, seed: int = 7, seconds: float = 25.0) -> Profile
 
     See ``test_chaos_short.py`` for which, and why; turn each back on once its fix is merged.
     """
-    profile = Profile(seconds=seconds, seed=seed, drain_timeout=90.0)
-    if backend == "redis":  # defect 5
-        profile = dataclasses.replace(profile, kill_rate=0.0, stop_rate=0.0, term_rate=0.3,
-                                      redis_restart_rate=0.15)
-    return profile
+    return Profile(seconds=seconds, seed=seed, drain_timeout=90.0)
 
 
 def check_run(backend: str, directory: Path, records: list[JobRecord]) -> Report:

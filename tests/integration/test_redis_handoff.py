@@ -118,3 +118,33 @@ async def test_a_live_idle_worker_keeps_what_it_is_handed(url: str, producer: Qu
         assert await producer.backend.claim(["default"], "B", 1, 30.0) == []
         assert await producer.backend.recover() == []
         assert await backend.complete([Ack(got.id, got.lease_token or "", 1)]) == [True]
+
+
+async def test_a_hand_out_that_reaches_its_worker_late_is_not_run_there_again(
+    url: str, producer: Queue, redis_server: RedisServer
+) -> None:
+    """A hand-out taken back (its worker was stopped) and run elsewhere is not started when it arrives."""
+    side = Queue(url)
+    async with side:
+        a = side.backend
+        assert await a.claim(["default"], "A", 1, 30.0) == []
+        await a._listener.stop()  # type: ignore[attr-defined]  # A is stopped: it reads nothing
+        raw = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
+        pubsub = raw.pubsub()
+        await pubsub.subscribe(f"{a.prefix}:hand:A")  # type: ignore[attr-defined]
+        try:
+            job = await producer.tasks["echo"].enqueue(1)
+            assert (await job.info()).worker == "A"
+            message = None
+            while message is None or message["type"] != "message":
+                message = await pubsub.get_message(timeout=5)
+            async with producer.worker(concurrency=1):  # B takes it back and runs it
+                assert await job.result(timeout=10) == 1
+            # A resumes: the message it never read arrives now, then its claim loop runs
+            a._hands.on_message("A", message["data"])  # type: ignore[attr-defined]
+            assert await a.claim(["default"], "A", 1, 30.0) == []
+        finally:
+            await pubsub.aclose()  # type: ignore[attr-defined]
+            await raw.aclose()
+    info = await job.info()
+    assert (info.status, info.attempts) == ("succeeded", 1)

@@ -33,6 +33,9 @@ _OPTIONS = {"prefix", "retention"}
 _DEFAULT_RETENTION = 7 * 24 * 3600.0
 _RECOVER_BATCH = 1000
 _LIST_BUDGET = 50_000
+# a hand-out older than this (Redis clock) when the worker takes it is checked before it starts:
+# half the second Redis waits for its confirmation (HAND_CONFIRM in lua/lib.lua)
+_HAND_FRESH = 0.5
 # One enqueue is one script, and Redis serves nobody else while a script runs (about 30 µs per
 # job): 50,000 jobs hold it for one to two seconds. Bigger batches are refused before anything
 # is written (splitting them would break all-or-nothing); see docs/redis.md.
@@ -79,6 +82,7 @@ class RedisBackend(Backend):
         self._cancel_watchers: set[Handler] = set()
         # per queue set: (monotonic time measured, seconds until the next scheduled job is due)
         self._next_due: dict[tuple[str, ...], tuple[float, float]] = {}
+        self._clock_offset = 0.0  # Redis' clock minus ours, as of the last claim
         self._hands = HandOffs(self._wake.set, self._give_back, self._confirm)
         self._background: set[asyncio.Task[None]] = set()
         self._to_confirm: list[str] = []  # hand-outs received, "<id>\n<token>" (see _confirm)
@@ -206,7 +210,9 @@ class RedisBackend(Backend):
             return []
         handed = self._hands.take(worker, limit)
         if handed:  # claimed for us already, by an enqueue (no round trip)
-            return handed
+            handed = await self._still_ours(handed)
+            if handed:
+                return handed
         if self._hands.just_handed:
             # the caller is about to start the jobs it was just handed: let them begin before
             # this claim spends its time on a round trip
@@ -219,8 +225,11 @@ class RedisBackend(Backend):
         reply = await self._run(
             "claim", worker, limit, repr(float(lease)), prefix, "1" if handoff else "0", *queues
         )
-        if reply[0] != "":
-            self._next_due[tuple(queues)] = (time.monotonic(), float(reply[0]))
+        due, server_now = reply[0]
+        # the Redis clock as this process sees it (within a round trip): for hand-outs' age
+        self._clock_offset = float(server_now) - time.time()
+        if due != "":
+            self._next_due[tuple(queues)] = (time.monotonic(), float(due))
         else:
             self._next_due.pop(tuple(queues), None)
         out: list[JobRecord] = []
@@ -242,6 +251,32 @@ class RedisBackend(Backend):
             # handed to us by pub/sub while the script ran (its copy in the reply was dropped
             # as the second one): take them now rather than at the next claim
             out += self._hands.take(worker, limit - len(out))
+        return out
+
+    async def _still_ours(self, handed: list[JobRecord]) -> list[JobRecord]:
+        """The handed jobs this worker may start: fresh ones at once, late ones once checked.
+
+        A hand-out Redis does not hear confirmed within a second goes back to the queue and may
+        run elsewhere. A record that reaches the worker late (its process was stopped, its loop
+        blocked) is confirmed and checked first, a round trip taken only on this rare path, so
+        a job taken back is never started here as well.
+        """
+        now = time.time() + self._clock_offset
+        out: list[JobRecord] = []
+        for job in handed:
+            started = job.started_at.timestamp() if job.started_at is not None else now
+            if now - started <= _HAND_FRESH:
+                out.append(job)
+                continue
+            member = f"{job.id}\n{job.lease_token}"
+            await self._scripts.command("ZREM", f"{self.prefix}:handing", member)
+            state = await self._scripts.command(
+                "HMGET", self._job_key(job.id), "status", "lease_token"
+            )
+            if state == ["running", job.lease_token]:
+                out.append(job)
+            else:
+                log.info("redis: job %s was handed here too late and went elsewhere", job.id)
         return out
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:

@@ -2,9 +2,9 @@
 -- ARGV[3] worker, ARGV[4] limit, ARGV[5] lease seconds, ARGV[6] token prefix (random per call),
 -- ARGV[7] '1' if the worker listens on P:hand:<worker> (see hand_out in lib.lua),
 -- ARGV[8..] queue names.
--- Returns {next, handed, record, record, ...}: `next` is the number of seconds (Redis clock)
--- until the earliest scheduled job of these queues is due ('' if none, only computed when the
--- queues ran dry); `handed` the records of jobs handed to this worker since its last claim and
+-- Returns {{next, now}, handed, record, record, ...}: `next` is the number of seconds (Redis
+-- clock) until the earliest scheduled job of these queues is due ('' if none, only computed when
+-- the queues ran dry), `now` the Redis clock (the worker judges hand-outs' age by it); `handed` the records of jobs handed to this worker since its last claim and
 -- still held by it (it may have missed their message); then the claimed records in order.
 local now = clock()
 local worker, limit, lease, prefix = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -73,7 +73,7 @@ else
   end
 end
 
-local out = {'', handed}
+local out = {{'', ts(now)}, handed}
 for i, m in ipairs(picked) do
   local rec = take(string.sub(m, 17), worker, prefix .. i, now + lease, now)
   if rec then out[#out + 1] = rec end
@@ -91,7 +91,7 @@ if #out - 2 < limit then
   -- a pending hand-out may come back: look again when it would
   local hand = redis.call('ZRANGE', P .. ':handing', 0, 0, 'WITHSCORES')
   if hand[2] and (soonest == nil or tonumber(hand[2]) < soonest) then soonest = tonumber(hand[2]) end
-  if soonest then out[1] = ts(math.max(0, soonest - now)) end
+  if soonest then out[1][1] = ts(math.max(0, soonest - now)) end
   if handoff then
     redis.call('HSET', wk, 'free', limit - (#out - 2), 'until', ts(now + IDLE_TTL),
                'lease', lease, 'token', prefix, 'n', 0)
