@@ -148,3 +148,23 @@ async def test_a_hand_out_that_reaches_its_worker_late_is_not_run_there_again(
             await raw.aclose()
     info = await job.info()
     assert (info.status, info.attempts) == ("succeeded", 1)
+
+
+async def test_a_hand_out_taken_back_and_claimed_in_one_script_is_still_recovered(
+    url: str, producer: Queue
+) -> None:
+    """The claim that takes back an unconfirmed hand-out and takes it itself leaves it recoverable."""
+    dead = await _dead_idle_worker(url)
+    try:
+        job = await producer.tasks["echo"].enqueue(1)
+        assert (await job.info()).worker == "A"
+        await asyncio.sleep(HAND_CONFIRM + 0.1)  # a deadline to pass, not an event to wait for
+        b = producer.backend
+        (got,) = await b.claim(["default"], "B", 1, 0.2)  # B takes it back and claims it at once
+        assert got.id == job.id
+        # then B dies without a word: its short lease runs out and recovery must find the job
+        await asyncio.sleep(0.3)
+        assert await b.recover() == [job.id]
+        assert (await job.info()).status == "queued"
+    finally:
+        await dead.close()

@@ -25,7 +25,7 @@ else
   move(id, jk, q, 'running', status, f[8])
   redis.call('HSET', jk, 'scheduled_for', retry_at)
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at')
-  running_del[#running_del + 1] = id
+  running[id] = false
   status_event(id, jk, status, f[6], ',"error":' .. err, now)
   local g = redis.call('HMGET', jk, 'priority', 'seq')
   make_available(id, q, status, tonumber(g[1]), tonumber(g[2]),

@@ -96,7 +96,10 @@ end
 -- Writes many jobs share are gathered while a script runs and applied once by settle():
 -- status counts, the running set (lease expiry) and the finished set.
 local deltas = {}
-local running_add, running_del, done_add = {}, {}, {}
+-- `running`: id -> lease expiry (it entered the running set) or false (it left); the last
+-- change of a job in a script wins (a claim may take back an unconfirmed hand-out and claim it
+-- again in one script: applied as two lists in a fixed order, the job would end up outside)
+local running, done_add = {}, {}
 
 local function count(q, status, delta)
   local d = deltas[q]
@@ -244,7 +247,7 @@ local function finish(id, jk, q, from, to, key, unique, attempts, extra, now, se
   count(q, from, -1)
   count(q, to, 1)
   relist(id, q, from, to, seq or redis.call('HGET', jk, 'seq'))
-  running_del[#running_del + 1] = id
+  running[id] = false
   leave(id, q, key, unique)
   done_add[#done_add + 1] = ts(now)
   done_add[#done_add + 1] = id .. '\n' .. to .. '\n' .. q
@@ -271,7 +274,7 @@ local function requeue(id, jk, q, reason, now)
   end
   move(id, jk, q, 'running', 'queued', f[3])
   redis.call('HDEL', jk, 'lease_token', 'lease_expires_at', 'worker', 'scheduled_for')
-  running_del[#running_del + 1] = id
+  running[id] = false
   status_event(id, jk, 'queued', f[1], ',"reason":"' .. reason .. '"', now)
   make_available(id, q, 'queued', tonumber(f[2]), tonumber(f[3]), nil)
 end
@@ -314,8 +317,7 @@ local function take(id, worker, token, lease_until, now)
   announce(id, n)
   count(q, status, -1)
   count(q, 'running', 1)
-  running_add[#running_add + 1] = expires
-  running_add[#running_add + 1] = id
+  running[id] = expires
   -- the record as it is now, without reading it again
   f[4], f[10], f[15], f[16], f[21], f[22], f[23], f[24] =
     'running', tostring(attempts), at, false, worker, '0', token, expires
@@ -413,6 +415,15 @@ local function settle(now)
     end
     chunked('ZADD', k, add)
     chunked('ZREM', k, del)
+  end
+  local running_add, running_del = {}, {}
+  for id, expires in pairs(running) do
+    if expires then
+      running_add[#running_add + 1] = expires
+      running_add[#running_add + 1] = id
+    else
+      running_del[#running_del + 1] = id
+    end
   end
   chunked('ZADD', P .. ':running', running_add)
   chunked('ZREM', P .. ':running', running_del)

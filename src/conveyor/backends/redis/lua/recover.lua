@@ -23,7 +23,7 @@ for _, id in ipairs(expired) do
     end
     lost[#lost + 1] = id
   else
-    running_del[#running_del + 1] = id
+    running[id] = false
   end
 end
 take_back(now)
