@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import random
 import signal
 import sys
@@ -320,7 +321,10 @@ class ChaosRun:
             self._cont(slot)
         t = time.monotonic()
         if group:
-            session.signal_all(signal.SIGTERM)
+            # once, to the group, as systemd or a terminal does (signal_all would also send it
+            # to each process: two SIGTERMs, which a worker rightly takes as "exit now")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(session.pid, signal.SIGTERM)
         else:
             session.popen.send_signal(signal.SIGTERM)
         session.terminating = True
