@@ -250,7 +250,7 @@ class RedisBackend(Backend):
         elif len(out) < limit:
             # handed to us by pub/sub while the script ran (its copy in the reply was dropped
             # as the second one): take them now rather than at the next claim
-            out += self._hands.take(worker, limit - len(out))
+            out += await self._still_ours(self._hands.take(worker, limit - len(out)))
         return out
 
     async def _still_ours(self, handed: list[JobRecord]) -> list[JobRecord]:
