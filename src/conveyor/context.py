@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
+
+from conveyor.errors import OptionError
 
 __all__ = ["Context"]
 
@@ -69,8 +70,11 @@ class Context:
         thousands of times a second. In ``async def`` code ``await`` it to have the report stored
         now (it returns once stored); in ``def`` and ``cpu=True`` code just call it.
         """
-        if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
-            raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+        if (
+            isinstance(fraction, bool) or not isinstance(fraction, int | float)
+            or not 0.0 <= fraction <= 1.0
+        ):
+            raise OptionError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
         report = self._report
         if report is None:
             return _Sent(None)

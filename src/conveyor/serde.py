@@ -383,6 +383,7 @@ class TaskSignature:
             self.adapters[param.name] = _adapter(annotation)
             self.var_kinds[param.name] = param.kind
         self.signature = sig.replace(parameters=payload)
+        self._injected_names = frozenset(self.context_params) | frozenset(self.dependency_params)
         self.full_signature = sig
         ret = hints.get("return", sig.return_annotation)
         self.return_adapter = None if ret in (None, type(None)) else _adapter(ret)
@@ -391,9 +392,17 @@ class TaskSignature:
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
         """Match arguments to parameters, or raise :class:`ArgumentError`."""
         try:
-            return self.signature.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise ArgumentError(f"{self.name}(): {exc}") from None
+        if self._injected_names and not self._injected_names.isdisjoint(kwargs):
+            # a **kwargs key named like the ctx or a dependency would clash at the call
+            clash = sorted(self._injected_names & set(kwargs))
+            raise ArgumentError(
+                f"{self.name}(): {', '.join(map(repr, clash))} is filled in by the worker "
+                "(a Context or a dependency), not passed as an argument"
+            )
+        return bound
 
     def arguments(self, bound: inspect.BoundArguments) -> dict[str, Any]:
         """All arguments by name, defaults included (for key templates)."""
@@ -476,11 +485,11 @@ class TaskSignature:
             kind = self.var_kinds[name]
             try:
                 if kind is inspect.Parameter.VAR_POSITIONAL:
-                    out[name] = tuple(adapter.validate_python(v) for v in value)
+                    out[name] = tuple(_from_json(adapter, v) for v in value)
                 elif kind is inspect.Parameter.VAR_KEYWORD:
-                    out[name] = {k: adapter.validate_python(v) for k, v in value.items()}
+                    out[name] = {k: _from_json(adapter, v) for k, v in value.items()}
                 else:
-                    out[name] = adapter.validate_python(value)
+                    out[name] = _from_json(adapter, value)
             except pydantic.ValidationError as exc:
                 raise ArgumentError(f"{self.name}() stored argument {name!r}: {_short(exc)}") from None
         return out
@@ -511,6 +520,19 @@ class TaskSignature:
             return self.return_adapter.validate_python(value)
         except pydantic.ValidationError:
             return value
+
+
+def _from_json(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """A stored (JSON) value validated into its parameter's type.
+
+    Python mode first, the fast path; a strict type (``Strict()``, ``strict=True`` models) takes
+    a tuple, a UUID or a datetime only as such in Python mode, but as their JSON forms in JSON
+    mode, so a value that enqueue accepted is rebuilt here too.
+    """
+    try:
+        return adapter.validate_python(value)
+    except pydantic.ValidationError:
+        return adapter.validate_json(dump_json(value))
 
 
 def _short(exc: pydantic.ValidationError) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Strict
 
-from conveyor import Queue
+from conveyor import Context, Queue
 from conveyor.errors import (
     ArgumentError,
     EnqueueError,
@@ -20,6 +23,13 @@ from conveyor.errors import (
 from conveyor.model import JobRecord, new_id
 
 from .helpers import RESULT_TIMEOUT, assert_nothing_written, total_jobs
+
+
+class Stamp(BaseModel):
+    """A strict model: its datetime comes only as a datetime in Python mode."""
+
+    model_config = ConfigDict(strict=True)
+    when: datetime
 
 MiB = 1 << 20
 
@@ -268,3 +278,28 @@ async def test_unserializable_return_value_fails_the_job(queue: Queue) -> None:
             await job.result(timeout=RESULT_TIMEOUT)
         assert "NotSerializable" in caught.value.error["type"]
         assert await (await fine.enqueue()).result(timeout=RESULT_TIMEOUT) == 1
+
+
+async def test_a_kwargs_key_named_like_an_injected_parameter_is_refused(queue: Queue) -> None:
+    """``enqueue(ctx=5)`` on a task with ``ctx: Context`` and ``**extra`` is refused at enqueue."""
+
+    @queue.task
+    async def kw(ctx: Context, **extra: int) -> None: ...
+
+    with pytest.raises(ArgumentError, match="ctx"):
+        await kw.enqueue(ctx=5)  # type: ignore[call-arg]
+    await assert_nothing_written(queue)
+
+
+async def test_strict_types_accepted_at_enqueue_are_rebuilt_in_the_worker(queue: Queue) -> None:
+    """Strict pydantic types (a tuple, a UUID, a datetime) pass enqueue and reach the task intact."""
+    @queue.task
+    async def strict(
+        pair: Annotated[tuple[int, int], Strict()], ident: Annotated[uuid.UUID, Strict()], stamp: Stamp
+    ) -> str:
+        return f"{pair} {ident} {stamp.when.isoformat()}"
+
+    ident, when = uuid.uuid4(), datetime(2026, 12, 2, 5, 0, tzinfo=UTC)
+    job = await strict.enqueue((1, 2), ident, Stamp(when=when))
+    async with queue.worker(concurrency=1):
+        assert await job.result(timeout=RESULT_TIMEOUT) == f"(1, 2) {ident} {when.isoformat()}"

@@ -270,3 +270,17 @@ async def test_a_stop_that_comes_while_the_verdict_is_stored_changes_nothing(
     info = await job.info()
     assert (info.status, info.attempts) == ("succeeded", 1)
     assert info.progress is not None and info.progress["message"] == "done"
+
+
+async def test_a_def_task_raising_stop_iteration_stores_it_as_it_is(queue: Queue) -> None:
+    """``next()`` on an empty iterator in a `def` task is stored as StopIteration, not RuntimeError."""
+
+    @queue.task
+    def first(items: list[int]) -> int:
+        return next(iter(items))
+
+    job = await first.enqueue([])
+    async with queue.worker(concurrency=1):
+        with pytest.raises(JobFailed) as caught:
+            await job.result(timeout=RESULT_TIMEOUT)
+    assert caught.value.type == "StopIteration", caught.value.error

@@ -154,3 +154,14 @@ def test_progress_message_is_bounded_and_valid_unicode() -> None:
     assert len(seen[0][1]) == MAX_PROGRESS_MESSAGE and seen[0][1].endswith("…")
     assert seen[1][1] == "bad ? half"
     assert seen[2][1] == "ok ✓ 𝄞"
+
+
+@pytest.mark.parametrize("fraction", ["0.5", None, True, 1.5, -0.1, float("nan"), 1 + 0j])
+def test_progress_fraction_of_the_wrong_type_or_range_is_an_option_error(fraction: object) -> None:
+    """``ctx.progress`` refuses a fraction that is not a number from 0 to 1 with OptionError."""
+    from conveyor.context import Context
+    from conveyor.errors import OptionError
+
+    ctx = Context(job_id="j", task="t", queue="q", attempt=1, report=lambda f, m: None)
+    with pytest.raises(OptionError):
+        ctx.progress(fraction, "x")  # type: ignore[arg-type]

@@ -69,6 +69,14 @@ class Attempt:
     settling: bool = False  # the body has ended: its verdict is being stored, stops come too late
 
 
+class _FromThread(Exception):
+    """Carries a ``def`` task's StopIteration out of the coroutine that awaited its thread."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__()
+        self.raised = raised
+
+
 class Runner:
     """Starts attempts of claimed jobs and settles each with the backend when it ends."""
 
@@ -185,6 +193,8 @@ class Runner:
                 current.uncancel()  # ours, and handled here
             failure = exc  # with no stop asked for, the task raised it on its own: its failure
         except BaseException as exc:  # SystemExit from a task is the task's failure, not ours
+            if isinstance(exc, _FromThread):
+                exc = exc.raised
             if run.reason is None and isinstance(exc, ChildInterrupted):
                 # Ctrl-C or a service stop reached the child: shutdown, not the task's failure
                 log.warning("job %s (%s): %s; putting it back", run.record.id, run.record.task, exc)
@@ -261,6 +271,9 @@ class Runner:
         finally:
             run.in_thread = False
         if not ok:
+            if isinstance(out, StopIteration | StopAsyncIteration):
+                # raised in this coroutine it would turn into RuntimeError (PEP 479): carry it
+                raise _FromThread(out)
             raise out
         return out
 
