@@ -91,3 +91,32 @@ async def test_an_old_queued_job_is_listed_behind_fifty_thousand_finished_ones(
         await b.complete([Ack(r.id, r.lease_token or "", 1) for r in claimed])
     assert await _ids(queue, status="queued") == [old.id]
     assert len(await _ids(queue, status="succeeded", limit=50)) == 50
+
+
+async def test_a_store_from_before_the_listing_indexes_is_moved_onto_them_on_open(
+    queue: Queue, redis_server: RedisServer
+) -> None:
+    """Jobs listed only in the old per-queue index (``P:q:Q:all``) are listed by status after open."""
+    import redis as redis_sync
+
+    echo = queue.tasks["echo"]
+    b = queue.backend
+    jobs = [await echo.enqueue(i) for i in range(2500)]  # more than one upgrade batch
+    (running,) = await b.claim(["default"], "w", 1, 30.0)
+    prefix = b.prefix  # type: ignore[attr-defined]
+    raw = redis_sync.Redis(port=redis_server.port, decode_responses=True)
+    # turn the store back into the old layout: one index of every job by seq, none by status
+    old = f"{prefix}:q:default:all"
+    for key in raw.scan_iter(f"{prefix}:q:default:in-*"):
+        for member, seq in raw.zrange(key, 0, -1, withscores=True):
+            raw.zadd(old, {member: seq})
+        raw.delete(key)
+    assert await queue.list_jobs(status="queued") == []
+    await queue.close()
+    later = Queue(queue.url)
+    later.task(name="echo")(lambda x: x)
+    async with later:
+        queued = [r.id for r in await later.list_jobs(status="queued", limit=500)]
+        assert queued == [j.id for j in reversed(jobs) if j.id != running.id][:500]
+        assert [r.id for r in await later.list_jobs(status="running")] == [running.id]
+        assert raw.exists(old) == 0

@@ -108,6 +108,20 @@ class RedisBackend(Backend):
             return
         await self._scripts.open()
         await self._check_eviction()
+        await self._upgrade()
+
+    async def _upgrade(self) -> None:
+        """Move a store written before the listing indexes onto them, in short batches."""
+        client = self._scripts.opened()
+        try:
+            queues = [str(q) for q in await client.smembers(f"{self.prefix}:queues")]
+            if not queues or not await client.exists(*(f"{self.prefix}:q:{q}:all" for q in queues)):
+                return
+        except RedisError as exc:
+            raise BackendError(f"redis upgrade: {exc}") from exc
+        log.info("redis at %s: moving its jobs onto the listing indexes (once)", self.safe_url)
+        while int(await self._run("upgrade", _RECOVER_BATCH)) > 0:
+            pass
 
     async def _check_eviction(self) -> None:
         """Warn when Redis may evict keys: a job record evicted is a job lost."""

@@ -28,7 +28,7 @@ __all__ = ["Scripts", "honour_cancel"]
 
 SCRIPTS = (
     "enqueue", "claim", "renew", "complete", "fail", "release", "cancel", "retry", "recover",
-    "progress", "events", "stats", "list", "purge", "retire",
+    "progress", "events", "stats", "list", "purge", "retire", "upgrade",
 )
 _IDLE_CONNECTIONS = 8  # script connections kept open between commands
 
