@@ -387,6 +387,22 @@ local function take_back(now)
   chunked('ZREM', hk, late)
 end
 
+-- a sorted set's gathered changes, id -> score (it is in the set) or false (it left), applied
+-- as one ZADD and one ZREM (chunked)
+local function apply_changes(key, changes)
+  local add, del = {}, {}
+  for id, score in pairs(changes) do
+    if score then
+      add[#add + 1] = score
+      add[#add + 1] = id
+    else
+      del[#del + 1] = id
+    end
+  end
+  chunked('ZADD', key, add)
+  chunked('ZREM', key, del)
+end
+
 -- End of every writing script: hand new work to idle workers, wake the others if any is left
 -- (or if a scheduled job arrived: waiters recompute when to look next), then apply the
 -- gathered writes.
@@ -403,29 +419,7 @@ local function settle(now)
       if delta ~= 0 then redis.call('HINCRBY', ck, status, delta) end
     end
   end
-  for k, ops in pairs(relisted) do
-    local add, del = {}, {}
-    for id, seq in pairs(ops) do
-      if seq then
-        add[#add + 1] = seq
-        add[#add + 1] = id
-      else
-        del[#del + 1] = id
-      end
-    end
-    chunked('ZADD', k, add)
-    chunked('ZREM', k, del)
-  end
-  local running_add, running_del = {}, {}
-  for id, expires in pairs(running) do
-    if expires then
-      running_add[#running_add + 1] = expires
-      running_add[#running_add + 1] = id
-    else
-      running_del[#running_del + 1] = id
-    end
-  end
-  chunked('ZADD', P .. ':running', running_add)
-  chunked('ZREM', P .. ':running', running_del)
+  for k, ops in pairs(relisted) do apply_changes(k, ops) end
+  apply_changes(P .. ':running', running)
   chunked('ZADD', P .. ':done', done_add)
 end
