@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import CodeType
@@ -88,6 +88,7 @@ class Worker:
             queue.settings.loop_lag_warning, self._task_codes, self._current_job
         )
         self._started = False
+        self._parked = False  # the claim loop waits (for work, a slot, a backoff)
         self._shutdown: asyncio.Future[None] | None = None
         self._unwatch: Callable[[], None] | None = None  # stops pushed cancel requests
 
@@ -155,6 +156,8 @@ class Worker:
         self._stopping.set()
         grace = self.grace if grace is None else grace
         claim = self._loops[0]
+        if self._parked:  # waiting for work or a free slot: nothing in flight to lose
+            claim.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await claim
         try:
@@ -200,37 +203,39 @@ class Worker:
             free = self.concurrency - len(self._running)
             if free <= 0:
                 self._runner.slot_free.clear()
-                await self._race(self._runner.slot_free.wait())
+                await self._park(self._runner.slot_free.wait())
                 continue
             try:
                 records = await backend.claim(self.queues, self.id, free, self.lease)
                 backoff = 0.05
             except Exception:
                 log.exception("worker %s: claim failed; trying again in %.2f s", self.id, backoff)
-                await self._race(asyncio.sleep(backoff))
+                await self._park(asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
             for record in records:
                 self._runner.launch(record)
             if not records:
                 try:
-                    await self._race(backend.wait_for_jobs(self.queues, timeout=1.0))
+                    await self._park(backend.wait_for_jobs(self.queues, timeout=1.0))
                 except Exception:
                     log.exception("worker %s: waiting for jobs failed", self.id)
-                    await self._race(asyncio.sleep(backoff))
+                    await self._park(asyncio.sleep(backoff))
 
-    async def _race(self, aw: Any) -> None:
-        """Await ``aw`` unless shutdown starts first."""
-        waiter = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self._stopping.wait())
+    async def _park(self, aw: Coroutine[Any, Any, Any]) -> None:
+        """Wait in the claim loop; shutdown cancels the loop while it waits here, and only here.
+
+        Awaited directly (no task racing a stop event per wait): on the pickup path every loop
+        step counts. A claim in flight is never cancelled: its jobs would wait out their leases.
+        """
+        if self._stopping.is_set():
+            aw.close()
+            return
+        self._parked = True
         try:
-            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await aw
         finally:
-            for fut in (waiter, stop):
-                if not fut.done():
-                    fut.cancel()
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
-                raise waiter.exception()
+            self._parked = False
 
     # -- background loops ------------------------------------------------------------------
     def _acked(self, ack: Ack) -> None:
