@@ -168,3 +168,31 @@ async def test_a_hand_out_taken_back_and_claimed_in_one_script_is_still_recovere
         assert (await job.info()).status == "queued"
     finally:
         await dead.close()
+
+
+async def test_a_late_hand_out_is_checked_even_when_the_wall_clock_steps_back(
+    url: str, producer: Queue, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-out's age is judged without the wall clock: stepping it back does not make it fresh."""
+    side = Queue(url)
+    async with side:
+        a = side.backend
+        assert await a.claim(["default"], "A", 1, 30.0) == []
+        await a._listener.stop()  # type: ignore[attr-defined]  # A is stopped: it reads nothing
+        raw = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
+        pubsub = raw.pubsub()
+        await pubsub.subscribe(f"{a.prefix}:hand:A")  # type: ignore[attr-defined]
+        try:
+            job = await producer.tasks["echo"].enqueue(1)
+            message = None
+            while message is None or message["type"] != "message":
+                message = await pubsub.get_message(timeout=5)
+            async with producer.worker(concurrency=1):  # B takes it back and runs it
+                assert await job.result(timeout=10) == 1
+            wall = time.time
+            monkeypatch.setattr(time, "time", lambda: wall() - 5.0)  # NTP steps the clock back
+            a._hands.on_message("A", message["data"])  # type: ignore[attr-defined]
+            assert await a.claim(["default"], "A", 1, 30.0) == []
+        finally:
+            await pubsub.aclose()  # type: ignore[attr-defined]
+            await raw.aclose()

@@ -44,6 +44,13 @@ MAX_ENQUEUE_JOBS = 50_000
 MAX_ENQUEUE_BYTES = 256 << 20
 
 
+def _elapsed() -> float:
+    """Seconds on a clock that never steps and, where the system has one, counts suspends too."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
 class RedisBackend(Backend):
     """Jobs in Redis: many worker processes and machines share one server.
 
@@ -82,7 +89,9 @@ class RedisBackend(Backend):
         self._cancel_watchers: set[Handler] = set()
         # per queue set: (monotonic time measured, seconds until the next scheduled job is due)
         self._next_due: dict[tuple[str, ...], tuple[float, float]] = {}
-        self._clock_offset = 0.0  # Redis' clock minus ours, as of the last claim
+        # the Redis clock read by the last claim, and our monotonic clock when its reply came:
+        # together they tell the Redis time now without trusting our wall clock (it may step)
+        self._redis_clock = (0.0, 0.0)
         self._hands = HandOffs(self._wake.set, self._give_back, self._confirm)
         self._background: set[asyncio.Task[None]] = set()
         self._to_confirm: list[str] = []  # hand-outs received, "<id>\n<token>" (see _confirm)
@@ -241,7 +250,7 @@ class RedisBackend(Backend):
         )
         due, server_now = reply[0]
         # the Redis clock as this process sees it (within a round trip): for hand-outs' age
-        self._clock_offset = float(server_now) - time.time()
+        self._redis_clock = (float(server_now), _elapsed())
         if due != "":
             self._next_due[tuple(queues)] = (time.monotonic(), float(due))
         else:
@@ -275,7 +284,8 @@ class RedisBackend(Backend):
         blocked) is confirmed and checked first, a round trip taken only on this rare path, so
         a job taken back is never started here as well.
         """
-        now = time.time() + self._clock_offset
+        read, at = self._redis_clock
+        now = read + (_elapsed() - at)
         out: list[JobRecord] = []
         for job in handed:
             started = job.started_at.timestamp() if job.started_at is not None else now
