@@ -198,3 +198,21 @@ async def test_a_job_retried_by_hand_gives_up_a_unique_value_held_by_an_active_j
     assert record.status == "queued" and record.unique is None
     again = await uniq_fail.options(unique="u").enqueue()
     assert again.id == second.id
+
+
+async def test_enqueueing_a_stored_id_again_returns_that_job_and_writes_nothing(queue: Queue) -> None:
+    """The same prepared job sent twice (a retried request), or twice in a batch, is stored once."""
+
+    @queue.task(key="lane")
+    async def step(n: int) -> int:
+        return n
+
+    first = step.prepare(1)
+    (job,) = await queue.enqueue_many([first])
+    again = await queue.enqueue_many([first, first, step.prepare(2)])
+    assert [j.id for j in again[:2]] == [job.id, job.id]
+    stats = await queue.stats()
+    assert stats["queued"] == 2 and sum(stats.values()) == 2
+    async with queue.worker(concurrency=1):
+        assert await again[2].result(timeout=10) == 2  # the lane is not wedged by a duplicate
+    assert await job.result(timeout=10) == 1

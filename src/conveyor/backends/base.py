@@ -133,7 +133,9 @@ class Backend(ABC):
 
         A job whose ``scheduled_for`` is in the future is stored as ``scheduled``. For a job whose
         ``unique`` matches an active job the existing record is returned instead and nothing is
-        written for it. ``supersede`` is applied before the new job is stored.
+        written for it; so too for a job whose id is stored already (the same batch sent again
+        after a lost reply, or an id twice in one batch). ``supersede`` is applied before the new
+        job is stored.
         """
 
     @abstractmethod

@@ -115,6 +115,9 @@ class MemoryBackend(Backend):
         now = utcnow()
         out: list[JobRecord] = []
         for new in jobs:
+            if new.id in self._jobs:  # stored already (a call sent again): that job, unchanged
+                out.append(replace(self._jobs[new.id]))
+                continue
             if new.unique is not None:
                 existing_id = self._unique.get((new.queue, new.unique))
                 if existing_id is not None:

@@ -36,6 +36,14 @@ class TransitionVerbs(SQLiteCore):
             pos = self._next_pos(conn, len(rows))
             added: list[tuple[str, int, str, int]] = []
             for job, args, kwargs, retry in rows:
+                # an id stored already (a call sent again, or twice in one batch): that job,
+                # unchanged, as every backend answers
+                row = conn.execute(
+                    f"SELECT {COLUMNS} FROM conveyor_jobs WHERE id = ?", (job.id,)
+                ).fetchone()
+                if row is not None:
+                    out.append(record(row))
+                    continue
                 if job.unique is not None:
                     row = conn.execute(
                         f"SELECT {COLUMNS} FROM conveyor_jobs WHERE queue = ? AND unique_key = ? "
