@@ -295,11 +295,11 @@ async def test_due_jobs_past_one_claims_batch_are_all_claimed_in_order_and_stay_
     assert taken == [j.id for j in due] + [late.id]
 
 
-async def test_lists_merged_from_index_ranges_equal_one_pass_over_the_table(
+async def test_lists_merged_in_one_statement_or_range_by_range_agree(
     backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every filter (queue, status, task, limit, offset) lists the same jobs, in the same order,
-    whether merged from index ranges or read in one pass over the table."""
+    whether its index ranges are merged in one statement or a range at a time."""
     from conveyor.backends.sqlite import admin
 
     for queue in ("a", "b", "c"):
@@ -316,7 +316,25 @@ async def test_lists_merged_from_index_ranges_equal_one_pass_over_the_table(
         for limit, offset in ((5, 0), (7, 3), (50, 10))
     ]
     merged = [[j.id for j in await backend.list_jobs(flt)] for flt in filters]
-    monkeypatch.setattr(admin, "_MERGE_RANGES", 0)
-    one_pass = [[j.id for j in await backend.list_jobs(flt)] for flt in filters]
-    assert merged == one_pass
+    monkeypatch.setattr(admin, "_MERGE_RANGES", 1)
+    one_at_a_time = [[j.id for j in await backend.list_jobs(flt)] for flt in filters]
+    assert merged == one_at_a_time
     assert sum(map(len, merged)) > 300
+
+
+async def test_lists_over_more_queues_than_one_merge_takes_stay_on_their_indexes(tmp_path: Path) -> None:
+    """Listing every queue when 300 queues hold jobs: newest first, paged, and no table scan."""
+    from conveyor.backends.base import JobFilter
+    from conveyor.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'many.db'}")
+    await backend.open()
+    try:
+        jobs = [JobRecord(id=new_id(), task="t", queue=f"q{i}") for i in range(300)]
+        await backend.enqueue(jobs)
+        newest = [j.id for j in reversed(jobs)]
+        assert [r.id for r in await backend.list_jobs(JobFilter(limit=50))] == newest[:50]
+        page = await backend.list_jobs(JobFilter(limit=40, offset=230))
+        assert [r.id for r in page] == newest[230:270]
+    finally:
+        await backend.close()

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from conveyor.backends.base import JobFilter
 from conveyor.backends.sqlite.core import COLUMNS, SQLiteCore, record
@@ -87,20 +88,20 @@ class AdminVerbs(SQLiteCore):
             conn.execute("BEGIN")  # the ranges and their rows from one snapshot
             try:
                 ranges = conn.execute(ranges_sql, which_args).fetchall()
-                if len(ranges) > _MERGE_RANGES:  # too many to merge: one pass over the table
-                    cond = " AND ".join(["1 = 1", *(w for w in which[1:]), *(["task = ?"] * len(tasks))])
-                    sql = (f"SELECT {COLUMNS} FROM conveyor_jobs WHERE {cond} "
-                           "ORDER BY pos DESC LIMIT ? OFFSET ?")
-                    args: list[object] = [*which_args, *tasks]
-                elif ranges:
-                    merged = " UNION ALL ".join(arms[status == "running"] for _, status in ranges)
-                    sql = f"{merged} ORDER BY pos DESC LIMIT ? OFFSET ?"
-                    args = []
-                    for queue, status in ranges:
-                        args += [queue, status, *tasks, flt.limit + flt.offset]
-                else:
-                    return []
-                rows = conn.execute(sql, (*args, flt.limit, flt.offset)).fetchall()
+                want = flt.limit + flt.offset
+                rows: list[tuple[Any, ...]] = []
+                # many ranges (many queues): merged a group at a time, each group by its indexes,
+                # and the groups' pages merged here (pos is each row's last column)
+                for start in range(0, len(ranges), _MERGE_RANGES):
+                    group = ranges[start:start + _MERGE_RANGES]
+                    merged = " UNION ALL ".join(arms[status == "running"] for _, status in group)
+                    args: list[object] = []
+                    for queue, status in group:
+                        args += [queue, status, *tasks, want]
+                    rows += conn.execute(f"{merged} ORDER BY pos DESC LIMIT ?", (*args, want))
+                if len(ranges) > _MERGE_RANGES:
+                    rows.sort(key=lambda r: r[-1], reverse=True)
+                rows = rows[flt.offset:want]
             finally:
                 conn.execute("COMMIT")
             return [record(r) for r in rows]
