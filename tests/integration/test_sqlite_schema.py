@@ -166,3 +166,18 @@ async def test_a_database_from_a_newer_conveyor_is_refused(tmp_path: Path) -> No
     again = SQLiteBackend(f"sqlite:///{db}")
     with pytest.raises(BackendError, match="newer conveyor"):
         await again.open()
+
+
+async def test_code_of_version_1_cannot_open_an_upgraded_database(tmp_path: Path) -> None:
+    """Version 1's schema script fails on an upgraded database, so old code cannot write to it."""
+    db = tmp_path / "v1.db"
+    _v1_database(db)
+    backend = SQLiteBackend(f"sqlite:///{db}")
+    await backend.open()
+    await backend.close()
+    conn = sqlite3.connect(db)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="already a table"):
+            conn.executescript(SCHEMA_V1)  # what version 1 runs on every open
+    finally:
+        conn.close()

@@ -9,7 +9,10 @@ Versions: 1 (or no version row) is the first schema; 2 replaced the claim index 
 scheduled jobs not yet due, so claims walked past them) by ``conveyor_jobs_ready`` and
 ``conveyor_jobs_due``, and the position index by a (queue, status, position) list index, and added the
 ``conveyor_counts`` table that triggers keep for ``stats()``. A process still running the code
-of version 1 must be restarted after the upgrade (its claim names an index that is gone).
+of version 1 cannot open a database at version 2 (the names of the indexes it would create stay
+taken), and one still running when the upgrade happens can no longer claim: stop the workers of
+the old version before the new one opens the database, as a job it finished afterwards would be
+missing from the counts.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     """Drop the indexes version 2 replaced and count the jobs stored so far."""
     conn.execute("DROP INDEX IF EXISTS conveyor_jobs_claim")
     conn.execute("DROP INDEX IF EXISTS conveyor_jobs_pos")
+    # the old names stay taken, so code of version 1 can no longer open the database (its
+    # CREATE INDEX IF NOT EXISTS fails on them) and write moves the counts would not see
+    for name in ("conveyor_jobs_claim", "conveyor_jobs_pos"):
+        conn.execute(
+            f"CREATE VIEW IF NOT EXISTS {name} AS "
+            "SELECT 'this database is at schema version 2 or later: upgrade conveyor' AS reason"
+        )
     conn.execute("DELETE FROM conveyor_counts")
     conn.execute(
         "INSERT INTO conveyor_counts (queue, status, n) "
@@ -62,6 +72,8 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
 
 
 _MIGRATIONS = {2: _migrate_to_2}
+
+
 def apply_schema(conn: sqlite3.Connection) -> None:
     """Create what is missing and upgrade an older database (inside the caller's transaction)."""
     tables, indexes = _parts()
