@@ -1,8 +1,8 @@
 """Redis judges due times by its own clock, whatever the clock of the process that asked.
 
 A client process whose clock is an hour off still gets ``delay=0.3`` and a 0.3 s retry backoff
-as asked: the backend sends its own clock reading with every due time, and the scripts move the
-due time onto Redis' ``TIME`` when the two clocks disagree by more than half a second. The
+as asked: the backend measures how far its clock is from Redis' ``TIME`` (on a round trip of its
+own, refreshed every 30 s) and sends due times on the Redis clock. The
 skew is simulated by patching ``utcnow`` everywhere this process reads the wall clock for a due
 time (the task layer, the worker's retry, the Redis backend); the server stays real.
 """
@@ -84,3 +84,30 @@ async def test_a_retry_backoff_is_honoured_by_the_redis_clock(queue: Queue) -> N
         assert await job.result(timeout=5) == "ok"
     assert len(calls) == 2
     assert 0.25 <= calls[1] - calls[0] < 2.0
+
+
+async def test_a_wait_behind_a_long_script_does_not_move_a_due_time(redis_server: RedisServer) -> None:
+    """``at=`` from a client whose clock is right is stored as asked, even when Redis is busy."""
+    import asyncio
+    from datetime import UTC
+
+    import redis.asyncio as aioredis
+
+    q = Queue(redis_server.url(prefix=f"clock-{uuid.uuid4().hex[:8]}"))
+
+    @q.task
+    async def echo(x: int) -> int:
+        return x
+
+    busy = aioredis.Redis(port=redis_server.port)
+    async with q:
+        # another client's script holds the server for 1.5 s while this enqueue waits its turn
+        spin = "local s = redis.call('TIME') while redis.call('TIME')[1] - s[1] < 2 do end return 1"
+        hog = asyncio.ensure_future(busy.eval(spin, 0))
+        await asyncio.sleep(0.2)  # the script is running (a deadline to pass, not an event)
+        at = datetime.now(UTC) + timedelta(seconds=5)
+        job = await echo.options(at=at).enqueue(1)
+        await hog
+        stored = (await job.info()).scheduled_for
+        assert stored is not None and abs((stored - at).total_seconds()) < 0.1, (stored, at)
+    await busy.aclose()

@@ -36,12 +36,24 @@ _LIST_BUDGET = 50_000
 # a hand-out older than this (Redis clock) when the worker takes it is checked before it starts:
 # half the second Redis waits for its confirmation (HAND_CONFIRM in lua/lib.lua)
 _HAND_FRESH = 0.5
+# seconds a measurement of the wall clock's offset from Redis' is used before it is taken again
+_SKEW_REFRESH = 30.0
 # One enqueue is one script, and Redis serves nobody else while a script runs (about 30 µs per
 # job): 50,000 jobs hold it for one to two seconds. Bigger batches are refused before anything
 # is written (splitting them would break all-or-nothing); see docs/redis.md.
 MAX_ENQUEUE_JOBS = 50_000
 # half of Redis' default proto-max-bulk-len (512 MB): the batch travels as one argument
 MAX_ENQUEUE_BYTES = 256 << 20
+
+
+def _shifted(at: datetime | None, skew: float) -> str:
+    """A due time of this process's clock, as a timestamp of the Redis clock ('' for none)."""
+    return "" if at is None else repr(at.timestamp() - skew)
+
+
+def _wall() -> float:
+    """This process's wall clock (the one due times are given by), as a POSIX timestamp."""
+    return utcnow().timestamp()
 
 
 def _elapsed() -> float:
@@ -92,6 +104,8 @@ class RedisBackend(Backend):
         # the Redis clock read by the last claim, and our monotonic clock when its reply came:
         # together they tell the Redis time now without trusting our wall clock (it may step)
         self._redis_clock = (0.0, 0.0)
+        # when our wall clock's offset from Redis' was measured (_elapsed()), and the offset
+        self._clock_skew = (-_SKEW_REFRESH, 0.0)
         self._hands = HandOffs(self._wake.set, self._give_back, self._confirm)
         self._background: set[asyncio.Task[None]] = set()
         self._to_confirm: list[str] = []  # hand-outs received, "<id>\n<token>" (see _confirm)
@@ -118,6 +132,7 @@ class RedisBackend(Backend):
         await self._scripts.open()
         await self._check_eviction()
         await self._upgrade()
+        await self._skew()  # measured now, while nothing of ours keeps the server busy
 
     async def _upgrade(self) -> None:
         """Move a store written before the listing indexes onto them, in short batches."""
@@ -193,13 +208,15 @@ class RedisBackend(Backend):
                 f"{len(jobs)} jobs in one enqueue: Redis takes at most {MAX_ENQUEUE_JOBS} per call "
                 "(one atomic script blocks the server while it runs); split the batch"
             )
+        # due times move onto the Redis clock here (the offset is measured on a quiet round trip)
+        skew = await self._skew() if any(job.scheduled_for for job in jobs) else 0.0
         # one JSON argument for the batch: far cheaper to send than 14 arguments per job; args,
         # kwargs and retry ride along as JSON text inside it, so Lua stores them byte for byte
         batch = dump_json([
             [job.id, job.task, job.queue, dump_json(job.args), dump_json(job.kwargs), str(job.priority),
              job.key, job.unique, str(job.max_attempts),
              "" if job.timeout is None else repr(float(job.timeout)), ts(job.enqueued_at),
-             ts(job.scheduled_for), "" if job.retry is None else dump_json(job.retry),
+             _shifted(job.scheduled_for, skew), "" if job.retry is None else dump_json(job.retry),
              job.supersede]
             for job in jobs
         ])
@@ -208,9 +225,7 @@ class RedisBackend(Backend):
                 f"the batch is {len(batch)} characters as JSON, over the {MAX_ENQUEUE_BYTES}-byte "
                 "limit of one Redis enqueue; split the batch"
             )
-        # due times go with this process' clock reading, taken as late as possible: the script
-        # moves them onto the Redis clock when the two disagree (see lib.lua's on_redis_clock)
-        replies = await self._run("enqueue", batch, ts(utcnow()))
+        replies = await self._run("enqueue", batch, "")
         # a worker in this process need not wait for the published wake-up to come back
         self._wake.set()
         out: list[JobRecord] = []
@@ -303,6 +318,31 @@ class RedisBackend(Backend):
                 log.info("redis: job %s was handed here too late and went elsewhere", job.id)
         return out
 
+    async def _skew(self) -> float:
+        """How far this process's wall clock is ahead of Redis', in seconds (measured anew when
+        the last reading is older than ``_SKEW_REFRESH``): due times are sent on the Redis clock.
+
+        Read with ``TIME`` on a round trip of its own, timed: the reading is trusted within half
+        that round trip, so time spent queued behind another client's long script never reads as
+        skew (it would if the clock were read inside the script that stores the due time).
+        """
+        measured, skew = self._clock_skew
+        if _elapsed() - measured < _SKEW_REFRESH:
+            return skew
+        best: tuple[float, float] | None = None
+        for _ in range(3):
+            before = _wall()
+            sec, usec = await self._scripts.command("TIME")
+            after = _wall()
+            sample = (after - before, (before + after) / 2 - (int(sec) + int(usec) / 1e6))
+            if best is None or sample[0] < best[0]:
+                best = sample
+            if sample[0] < 0.005:  # a quiet round trip: good enough
+                break
+        assert best is not None
+        self._clock_skew = (_elapsed(), best[1])
+        return best[1]
+
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:
         """Fail a claimed job that cannot be decoded (a foreign writer), so it never spins."""
         error: ErrorInfo = {
@@ -392,9 +432,10 @@ class RedisBackend(Backend):
         self, lease: Lease, error: ErrorInfo, *, retry_at: datetime | None, dead: bool = False
     ) -> bool:
         final = JobStatus.DEAD if dead else JobStatus.FAILED
+        skew = await self._skew() if retry_at is not None else 0.0
         reply = await self._run(
-            "fail", lease.job_id, lease.token, dump_json(error), ts(retry_at), final.value,
-            ts(utcnow()),
+            "fail", lease.job_id, lease.token, dump_json(error), _shifted(retry_at, skew),
+            final.value, "",
         )
         return bool(reply == 1)
 

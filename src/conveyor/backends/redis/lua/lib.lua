@@ -70,8 +70,11 @@ end
 -- clock: as sent when the two clocks agree within CLOCK_TRUST seconds (the round trip included),
 -- so `at=` is kept exactly; otherwise moved by the difference, so a client whose clock is off
 -- still gets the delay it asked for. Leases and due times are judged by the Redis clock alone.
+-- conveyor's own client sends no reading (nil): it converts due times to the Redis clock itself,
+-- with an offset it measures on a quiet round trip, so a wait behind a long script is no skew.
 local CLOCK_TRUST = 0.5
 local function on_redis_clock(at, client_now, now)
+  if not client_now then return at end
   local skew = client_now - now
   if skew > CLOCK_TRUST or skew < -CLOCK_TRUST then return at - skew end
   return at
