@@ -191,8 +191,10 @@ local function unindex(id, q, seq)
 end
 
 -- The first job of a lane whose record still exists. Records can vanish behind the scripts'
--- back (evicted under memory pressure, deleted by hand): such ids are dropped from the front,
--- so a missing record never blocks its lane. Returns the head (or nil) and whether any went.
+-- back (evicted under memory pressure, deleted by hand): such ids are dropped from the front
+-- whenever the lane is touched (enqueue, a finishing job), so it moves on then; a claim that
+-- meets such an id cannot (the lane key was in the lost record). Returns the head (or nil) and
+-- whether any went.
 local function lane_head(lk)
   local dropped = false
   while true do
