@@ -32,7 +32,9 @@ log = logging.getLogger("conveyor.redis")
 _OPTIONS = {"prefix", "retention"}
 _DEFAULT_RETENTION = 7 * 24 * 3600.0
 _RECOVER_BATCH = 1000
-_LIST_BUDGET = 50_000
+# index entries one list call may look at in all: a task filter reads a record per entry, and
+# the script holds the server meanwhile (about 5 µs each)
+_LIST_BUDGET = 20_000
 # a hand-out older than this (Redis clock) when the worker takes it is checked before it starts:
 # half the second Redis waits for its confirmation (HAND_CONFIRM in lua/lib.lua)
 _HAND_FRESH = 0.5

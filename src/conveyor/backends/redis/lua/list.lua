@@ -1,10 +1,10 @@
 -- Jobs, newest first. ARGV[3] queue or '' (every queue), ARGV[4] status or '' (every status),
--- ARGV[5] task or '', ARGV[6] limit, ARGV[7] offset, ARGV[8] most index entries to look at per
--- index when filtering by task (bounds the work). Returns the matching records.
+-- ARGV[5] task or '', ARGV[6] limit, ARGV[7] offset, ARGV[8] most index entries to look at in
+-- all (bounds the time the script holds the server). Returns the matching records.
 --
 -- Each (queue, status) has its own index by seq (P:q:Q:in-<status>), so a page costs about
 -- `offset + limit` entries per index read, whatever the number of stored jobs. Only a task
--- filter reads the records it passes over (up to the budget per index).
+-- filter reads the records it passes over (up to the budget, across every index).
 local STATUSES = {'queued', 'scheduled', 'running', 'succeeded', 'failed', 'cancelled', 'dead'}
 local queues = {}
 if ARGV[3] ~= '' then queues = {ARGV[3]} else queues = redis.call('SMEMBERS', P .. ':queues') end
@@ -40,12 +40,14 @@ if task == '' and #indexes > 1 then
     end
   end
 else
+  local spent = 0
   for _, index in ipairs(indexes) do
     local got, pos, chunk = 0, start, math.min(math.max(want, 16), 256)
-    while got < want and pos - start < budget do
+    while got < want and spent < budget do
       local ids = redis.call('ZREVRANGE', index, pos, pos + chunk - 1, 'WITHSCORES')
       if #ids == 0 then break end
       pos = pos + #ids / 2
+      spent = spent + #ids / 2
       for i = 1, #ids, 2 do
         local jk = jkey(ids[i])
         local ok
