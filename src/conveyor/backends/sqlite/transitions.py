@@ -281,7 +281,7 @@ class TransitionVerbs(SQLiteCore):
                 (now, now, now),
             ).fetchall()
             self._status_events(conn, now, [r[0] for r in rows], reason="lease expired")
-            self._handoff(conn, {(r[2], r[3]) for r in rows if r[1] == "cancelled" and r[3]})
+            self._handoff(conn, {(r[2], r[3]) for r in rows if r[1] == "cancelled" and r[3] is not None})
             return [r[0] for r in dead] + [r[0] for r in rows]
 
         return await self._write(work)
