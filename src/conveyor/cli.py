@@ -23,9 +23,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conveyor.errors import ConfigError, ConveyorError
+from conveyor.errors import BackendError, ConfigError, ConveyorError
 from conveyor.model import JobRecord
 from conveyor.queue import Queue
+from conveyor.worker import Worker
 
 __all__ = ["app", "load_queue", "main"]
 
@@ -140,6 +141,8 @@ async def _work(queue: Queue, concurrency: int, queues: list[str] | None, grace:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if not await _reach_backend(queue, wk):
+        return 0  # asked to stop before the backend ever answered
     # from a --processes supervisor: SIGUSR1 asks for the graceful stop without counting as a
     # signal (the same SIGTERM may also reach this process directly, from systemd or a killpg,
     # and must not count twice); SIGUSR2 is its "second signal"
@@ -150,6 +153,27 @@ async def _work(queue: Queue, concurrency: int, queues: list[str] | None, grace:
     finally:
         await queue.close()
     return 0
+
+
+async def _reach_backend(queue: Queue, wk: Worker) -> bool:
+    """Open the backend, waiting (with backoff) while it is unreachable; False if told to stop.
+
+    A worker started before its Redis (a deploy, a compose file, a restart of both) waits for it
+    instead of exiting; a stop signal meanwhile ends the wait.
+    """
+    log = logging.getLogger("conveyor")
+    delay = 0.5
+    while True:
+        try:
+            await queue.open()
+            return True
+        except BackendError as exc:
+            log.warning("backend not reachable (%s); trying again in %.1f s", exc, delay)
+        try:
+            await asyncio.wait_for(wk.stopping.wait(), delay)
+            return False
+        except TimeoutError:
+            delay = min(delay * 2, 5.0)
 
 
 def _supervise(argv: list[str], processes: int) -> int:

@@ -137,6 +137,11 @@ class Worker:
         await self._stopping.wait()
         await self.stop()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the worker was asked to stop."""
+        return self._stopping
+
     def request_stop(self) -> None:
         """Ask the worker to shut down (safe to call from a signal handler on the loop)."""
         self._stopping.set()
