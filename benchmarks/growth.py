@@ -2,8 +2,9 @@
 
 ``measure_growth`` (the ``growth`` measurement of ``run.py``) takes one fresh store and:
 
-1. sets up a small *live set* (1,000 queued and 100 running jobs: what a busy dashboard shows) and
-   measures claim, enqueue, ``stats()`` and the dashboard's list calls on the otherwise empty store;
+1. sets up a small *live set* (1,000 queued and 100 running jobs: what a busy dashboard shows, and
+   a page of 50 succeeded, failed, dead and cancelled jobs, so every list call returns a full page)
+   and measures claim, enqueue, ``stats()`` and the dashboard's list calls on that small store;
 2. takes the live set down and *grows* the store through the backend itself: ``N`` finished jobs
    (``enqueue`` in batches of 1,000, then ``claim`` and ``complete`` them; a few end failed, dead or
    cancelled) and ``N / 10`` delayed jobs, timing it and noting the bytes each finished job costs;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import sqlite3
 import statistics
 import time
@@ -42,6 +44,9 @@ LIVE_RUNNING = 100
 CLAIM_BATCH = 100
 LEASE = 600.0  # seconds: nothing the benchmark holds may expire while it measures
 LISTED: list[str | None] = ["failed", "dead", "running", "queued", "succeeded", None]
+#: rows per list call, and finished jobs of each status in the small store (a full page)
+LIST_PAGE = 50
+
 #: the figures compared between the empty and the grown store: name -> what is timed
 FIGURES = ["claim", "enqueue", "stats", *(f"list_{s or 'all'}" for s in LISTED)]
 RATIO_GOAL = 1.5
@@ -79,6 +84,10 @@ class Live:
         return [JobRecord(**{**base, "id": new_id(), "enqueued_at": utcnow()}) for _ in range(n)]
 
     async def setup(self) -> None:
+        # a full page of each finished status, so that every list call returns LIST_PAGE rows on
+        # the small store as on the grown one (an empty list is no baseline for a full page)
+        await seed_unhappy(self, LIST_PAGE, LIST_PAGE, LIST_PAGE)
+        await seed_finished(self, LIST_PAGE)
         await self.backend.enqueue(self.records(LIVE_RUNNING))
         self.running = await self.backend.claim([self.queue.name], "bench-live", LIVE_RUNNING, LEASE)
         await self.backend.enqueue(self.records(LIVE_QUEUED))
@@ -114,7 +123,7 @@ async def measure_figures(live: Live, rounds: int) -> dict[str, float]:
     out |= _ms(await _timed(rounds, queue.stats), "stats")
     for status in LISTED:
         def listing(s: str | None = status) -> Awaitable[list[JobRecord]]:
-            return queue.list_jobs(status=s, limit=50)
+            return queue.list_jobs(status=s, limit=LIST_PAGE)
 
         out |= _ms(await _timed(rounds, listing), f"list_{status or 'all'}")
     return out
@@ -293,6 +302,9 @@ async def measure_growth(url: str, n: int, rounds: int) -> dict[str, float]:
         await seed_delayed(live, delayed)
         seed_s = time.perf_counter() - start
         counts = await queue.stats()
+        # the seeding left the kernel hundreds of MB of dirty pages to write back: let it finish
+        # first, or every fsync of the grown store's figures waits behind that writeback
+        await asyncio.to_thread(os.sync)
 
         await live.setup()
         grown = await measure_figures(live, rounds)
