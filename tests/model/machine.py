@@ -152,7 +152,7 @@ class BackendMachine(RuleBasedStateMachine):
             # Redis hands new jobs to workers whose last claim came back short, inside enqueue, for
             # a registration that lapses after 2 s of wall time: an optimisation outside the
             # contract (enqueue -> queued) that no model of the contract can time. Switched off.
-            self.backend._listen_for_hand_outs = _no_hand_off  # type: ignore[attr-defined]
+            setattr(self.backend, "_listen_for_hand_outs", _no_hand_off)  # noqa: B010
         self.run(self.backend.open())
         self.model = Model()
         self.leases: list[tuple[str, str]] = []  # every lease ever drawn, stale ones included
@@ -197,8 +197,10 @@ class BackendMachine(RuleBasedStateMachine):
         jobs = self.model.jobs
         if prefer:
             preferred = sorted(i for i, j in jobs.items() if j.status in prefer)
-            if preferred and data.draw(st.booleans()):
-                return data.draw(st.sampled_from(preferred))
+            take: bool = data.draw(st.booleans())
+            if preferred and take:
+                chosen: str = data.draw(st.sampled_from(preferred))
+                return chosen
         if not jobs or data.draw(st.integers(0, 9)) == 0:
             return new_id()
         return data.draw(st.sampled_from(sorted(jobs)))
@@ -527,7 +529,8 @@ class BackendMachine(RuleBasedStateMachine):
         """After every step: stats (all and per queue), every record, and the touched jobs' events."""
         for queue in (None, *QUEUES):
             got = self.run(self.backend.stats(queue))
-            assert got == self.model.stats(queue), f"stats({queue}):\n backend {got}\n model   {self.model.stats(queue)}"
+            want = self.model.stats(queue)
+            assert got == want, f"stats({queue}):\n backend {got}\n model   {want}"
         total = len(self.model.jobs)
         listed = self.run(self.backend.list_jobs(JobFilter(limit=total + 10)))
         want_ids = self.model.list_ids(None, None, None, total + 10, 0)
