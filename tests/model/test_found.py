@@ -7,15 +7,22 @@ it removes the mark and the matching exclusion in ``machine.py`` (``KNOWN_BAD``)
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import BACKENDS  # tests/ is on sys.path
+from waiting import wait_until
 
 from conveyor.backends import open_backend
 from conveyor.backends.base import Backend, Lease
 from conveyor.model import JobRecord, new_id
+
+
+def _at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
 
 
 def _on(backend_bugs: dict[str, str]) -> list[object]:
@@ -67,3 +74,25 @@ async def test_cancel_with_an_empty_token_is_fenced_out(store: Backend) -> None:
     after = await store.cancel(job.id, lease=Lease(job.id, ""))
     assert after is not None and after.status == "queued"
     assert [e.data["status"] for e in await store.events(job.id)] == ["queued"]
+
+
+DUE_PROMOTION = (
+    "redis claim.lua moves at most 1000 due scheduled jobs per queue into the ready set per claim "
+    "(ZRANGEBYSCORE ... LIMIT 0 1000, earliest due first): a higher-priority job due after 1000 "
+    "others is passed over for a lower-priority one"
+)
+
+
+@pytest.mark.parametrize("store", _on({"redis": DUE_PROMOTION}), indirect=True)
+async def test_claim_takes_the_highest_priority_among_many_due_jobs(store: Backend) -> None:
+    """With over 1000 delayed jobs due at once, claim still takes the highest priority first."""
+    now = time.time()
+    low = [
+        JobRecord(id=new_id(), task="t", priority=0, scheduled_for=_at(now + 0.2))
+        for _ in range(1100)
+    ]
+    high = JobRecord(id=new_id(), task="t", priority=9, scheduled_for=_at(now + 0.3))
+    await store.enqueue([*low, high])
+    await wait_until(lambda: time.time() > now + 0.35, message="the delays passed")
+    claimed = await store.claim(["default"], "w", 1, 60)
+    assert [r.id for r in claimed] == [high.id]
