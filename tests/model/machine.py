@@ -58,9 +58,12 @@ KNOWN_BAD: dict[str, set[str]] = {
         # test_claim_takes_the_highest_priority_among_many_due_jobs: never more than
         # DUE_AT_ONCE jobs with a short delay (due together) in the store
         "over-1000-due",
+        # test_claim_of_5000_jobs_at_once: no enqueue, claim or ack batch over BIG_SCRIPT jobs
+        "over-4000-per-script",
     },
 }
 DUE_AT_ONCE = 900
+BIG_SCRIPT = 3000
 
 
 json_leaf = (
@@ -147,8 +150,6 @@ class BackendMachine(RuleBasedStateMachine):
     #: sizes of one enqueue batch (and claim limits); the last ones are the big batches
     BATCH_SIZES: ClassVar[tuple[int, ...]] = (1, 1, 2, 3, 5, 8)
     CLAIM_LIMITS: ClassVar[tuple[int, ...]] = (1, 1, 2, 3, 10, 100)
-    #: the largest batch / claim a backend can take today (None: no limit), see KNOWN_BAD
-    MAX_BATCH: ClassVar[int | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -180,6 +181,12 @@ class BackendMachine(RuleBasedStateMachine):
                 _drop_store(self.url)
 
     # -- helpers ---------------------------------------------------------------------------
+    def _cap(self, n: int) -> int:
+        """``n``, or less where a known bug makes a bigger batch fail (see KNOWN_BAD)."""
+        if "over-4000-per-script" in KNOWN_BAD.get(self.backend_name, set()):
+            n = min(n, BIG_SCRIPT)
+        return n
+
     def _running(self) -> list[MJob]:
         return [j for j in self.model.jobs.values() if j.status == RUNNING]
 
@@ -294,9 +301,7 @@ class BackendMachine(RuleBasedStateMachine):
         self._claim(data)
 
     def _enqueue_batch(self, data: st.DataObject) -> None:
-        size = data.draw(st.sampled_from(self.BATCH_SIZES), label="batch size")
-        if self.MAX_BATCH is not None:
-            size = min(size, self.MAX_BATCH)
+        size = self._cap(data.draw(st.sampled_from(self.BATCH_SIZES), label="batch size"))
         if size > 16:  # a big batch repeats a few patterns (cheap to draw, shrinks well)
             pattern = data.draw(st.lists(specs, min_size=1, max_size=4), label="pattern")
             batch = [pattern[i % len(pattern)] for i in range(size)]
@@ -351,9 +356,7 @@ class BackendMachine(RuleBasedStateMachine):
             ([QUEUES[0]], [QUEUES[1]], list(QUEUES), list(reversed(QUEUES)))
         ))
         worker = data.draw(st.sampled_from(WORKERS))
-        limit = data.draw(st.sampled_from(self.CLAIM_LIMITS), label="limit")
-        if self.MAX_BATCH is not None:
-            limit = min(limit, self.MAX_BATCH)
+        limit = self._cap(data.draw(st.sampled_from(self.CLAIM_LIMITS), label="limit"))
         tiny = data.draw(st.booleans(), label="tiny lease")
         lease = TINY_LEASE if tiny else LONG_LEASE
         self._wait_due()
@@ -399,7 +402,7 @@ class BackendMachine(RuleBasedStateMachine):
         """complete: one bool per ack, False when fenced out (stale, forged, finished)."""
         acks = [(*self._pick_lease(data), data.draw(results)) for _ in range(data.draw(st.integers(1, 4)))]
         if data.draw(st.integers(0, 3)) == 3 and self._running():  # now and then every running job
-            acks += [(j.id, j.token or "", j.attempts) for j in self._running()]
+            acks += [(j.id, j.token or "", j.attempts) for j in self._running()[: self._cap(10**6)]]
         out = self.run(self.backend.complete([Ack(i, t, r) for i, t, r in acks]))
         assert out == self.model.complete(acks), acks
 
@@ -428,7 +431,7 @@ class BackendMachine(RuleBasedStateMachine):
         """release: back to queued, the attempt not counted; a cancel asked for completes."""
         leases = [self._pick_lease(data) for _ in range(data.draw(st.integers(1, 3)))]
         if data.draw(st.booleans()) and self._running():
-            leases += [(j.id, j.token or "") for j in self._running()]
+            leases += [(j.id, j.token or "") for j in self._running()[: self._cap(10**6)]]
         out = self.run(self.backend.release([Lease(i, t) for i, t in leases]))
         assert out == self.model.release(leases), leases
 

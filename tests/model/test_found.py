@@ -96,3 +96,18 @@ async def test_claim_takes_the_highest_priority_among_many_due_jobs(store: Backe
     await wait_until(lambda: time.time() > now + 0.35, message="the delays passed")
     claimed = await store.claim(["default"], "w", 1, 60)
     assert [r.id for r in claimed] == [high.id]
+
+
+OVER_4000 = (
+    "redis scripts unpack() their gathered writes in one call, which fails past ~8000 values: a "
+    "claim of 5000 jobs raises after marking them all running (issue 7, item 1)"
+)
+
+
+@pytest.mark.parametrize("store", _on({"redis": OVER_4000}), indirect=True)
+async def test_claim_of_5000_jobs_at_once(store: Backend) -> None:
+    """One claim can take 5000 jobs, and they are all running afterwards."""
+    await store.enqueue([JobRecord(id=new_id(), task="t") for _ in range(5000)])
+    claimed = await store.claim(["default"], "w", 5000, 60)
+    assert len(claimed) == 5000
+    assert (await store.stats())["running"] == 5000
