@@ -52,6 +52,9 @@ FULL_CHECK_UP_TO = 400
 #: Known backend bugs the random runs steer around until they are fixed, per backend name. Each
 #: names its strict-xfail reproduction in tests/model/test_found.py: remove the entry with the fix.
 KNOWN_BAD: dict[str, set[str]] = {
+    # test_retried_job_goes_to_the_back_after_a_cancel_while_waiting: no retry by hand of a job
+    # once cancelled while waiting
+    "memory": {"retry-after-waiting-cancel"},
     # test_job_superseded_in_its_own_batch_was_queued_first: a batch is split before a
     # supersede job whose lane already has a job of the same batch
     "sqlite": {"supersede-in-batch"},
@@ -282,7 +285,12 @@ class BackendMachine(RuleBasedStateMachine):
         total = len(self.model.jobs)
         listed = self.run(self.backend.list_jobs(JobFilter(limit=total + 10)))
         want_ids = self.model.list_ids(None, None, None, total + 10, 0)
-        assert [r.id for r in listed] == want_ids, "list_jobs of everything differs (order or ids)"
+        got_ids = [r.id for r in listed]
+        assert got_ids == want_ids, (
+            f"list_jobs of everything differs: {len(got_ids)} vs {len(want_ids)} ids, backend only "
+            f"{sorted(set(got_ids) - set(want_ids))[:3]}, "
+            f"model only {sorted(set(want_ids) - set(got_ids))[:3]}"
+        )
         for rec in listed:
             self._compare(rec, self.model.jobs[rec.id], "list_jobs")
 
@@ -362,7 +370,8 @@ class BackendMachine(RuleBasedStateMachine):
                     if n.due is not None and n.due not in (float("inf"),) and n.due > now}
         want = self.model.enqueue(new, now, observed)
         got = [(r.id, r.status.value, r.attempts) for r in out]
-        assert got == want, f"enqueue answers differ:\n backend {got[:20]}\n model   {want[:20]}"
+        diff = [(g, w) for g, w in zip(got, want, strict=True) if g != w]
+        assert not diff, f"enqueue answers differ ({len(diff)}), first: backend/model {diff[:3]}"
 
     def _claim(self, data: st.DataObject) -> None:
         queues = data.draw(st.sampled_from(
@@ -377,7 +386,13 @@ class BackendMachine(RuleBasedStateMachine):
         after = time.time()
         want = self.model.claim(queues, worker, limit, after)
         got = [r.id for r in out]
-        assert got == want, f"claim({queues}, limit={limit}) ids:\n backend {got}\n model   {want}"
+        if got != want:
+            pairs = enumerate(zip(got, want, strict=False))
+            first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(want)))
+            raise AssertionError(
+                f"claim({queues}, limit={limit}): {len(got)} ids vs the model's {len(want)}; first "
+                f"difference at {first}: backend {got[first:first + 3]}, model {want[first:first + 3]}"
+            )
         for rec in out:
             assert rec.status is JobStatus.RUNNING and rec.lease_token, rec
             assert rec.attempts == self.model.jobs[rec.id].attempts, (rec.id, rec.attempts)
@@ -468,6 +483,10 @@ class BackendMachine(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         """retry by hand: failed/dead/cancelled -> queued at the back, attempts start over."""
         job_id = self._pick_job(data, frozenset({"failed", "dead", "cancelled"}))
+        if job_id in self.model.cancelled_waiting and "retry-after-waiting-cancel" in KNOWN_BAD.get(
+            self.backend_name, set()
+        ):
+            return
         rec = self.run(self.backend.retry(job_id))
         self._compare(rec, self.model.retry(job_id), f"retry({job_id})")
 

@@ -111,3 +111,23 @@ async def test_claim_of_5000_jobs_at_once(store: Backend) -> None:
     claimed = await store.claim(["default"], "w", 5000, 60)
     assert len(claimed) == 5000
     assert (await store.stats())["running"] == 5000
+
+
+STALE_PLACE = (
+    "memory: a job cancelled while waiting leaves its (priority, seq) entry in the ready heap; "
+    "retried by hand it gets a new seq, but claim pops the stale entry first and takes it at its "
+    "old place, ahead of jobs enqueued after it"
+)
+
+
+@pytest.mark.parametrize("store", _on({"memory": STALE_PLACE}), indirect=True)
+async def test_retried_job_goes_to_the_back_after_a_cancel_while_waiting(store: Backend) -> None:
+    """A job cancelled while queued, then retried by hand, is claimed after jobs enqueued before the retry."""
+    first = JobRecord(id=new_id(), task="t")
+    later = JobRecord(id=new_id(), task="t")
+    await store.enqueue([first])
+    await store.cancel(first.id)
+    await store.enqueue([later])
+    await store.retry(first.id)
+    claimed = await store.claim(["default"], "w", 2, 60)
+    assert [r.id for r in claimed] == [later.id, first.id]
