@@ -57,7 +57,12 @@ KNOWN_BAD: dict[str, set[str]] = {
     "memory": {"retry-after-waiting-cancel"},
     # test_job_superseded_in_its_own_batch_was_queued_first: a batch is split before a
     # supersede job whose lane already has a job of the same batch
-    "sqlite": {"supersede-in-batch"},
+    "sqlite": {
+        "supersede-in-batch",
+        # test_lane_with_empty_key_moves_on_after_recover_cancels: no cancel request of a
+        # running job whose key is ""
+        "empty-key-cancel-request",
+    },
     # test_cancel_with_an_empty_token_is_fenced_out: no forged empty token in a cancel
     "redis": {
         "empty-token-cancel",
@@ -193,6 +198,14 @@ class BackendMachine(RuleBasedStateMachine):
         if "over-4000-per-script" in KNOWN_BAD.get(self.backend_name, set()):
             n = min(n, BIG_SCRIPT)
         return n
+
+    def _may_ask_cancel(self, job_id: str) -> bool:
+        """False for the one cancel request a known bug mishandles (see KNOWN_BAD)."""
+        job = self.model.jobs.get(job_id)
+        return not (
+            job is not None and job.status == RUNNING and job.key == ""
+            and "empty-key-cancel-request" in KNOWN_BAD.get(self.backend_name, set())
+        )
 
     def _running(self) -> list[MJob]:
         return [j for j in self.model.jobs.values() if j.status == RUNNING]
@@ -472,6 +485,8 @@ class BackendMachine(RuleBasedStateMachine):
             lease = (lease[0], "forged")
         job_id = lease[0] if lease else self._pick_job(data, frozenset({"queued", "scheduled", RUNNING}))
         error = data.draw(st.none() | st.just("CancelledByWorker")) if lease else None
+        if lease is None and not self._may_ask_cancel(job_id):
+            return
         rec = self.run(self.backend.cancel(
             job_id, lease=None if lease is None else Lease(*lease),
             error=None if error is None else _error(error),
@@ -510,6 +525,8 @@ class BackendMachine(RuleBasedStateMachine):
     def cancel_running(self, data: st.DataObject) -> None:
         """Someone asks a running job to cancel (no lease): it gets cancel_requested."""
         job = data.draw(st.sampled_from(self._running()))
+        if not self._may_ask_cancel(job.id):
+            return
         rec = self.run(self.backend.cancel(job.id))
         self._compare(rec, self.model.cancel(job.id, None, None), f"cancel({job.id})")
 
@@ -520,8 +537,9 @@ class BackendMachine(RuleBasedStateMachine):
         expired = {j.id for j in self._running() if j.id in self.expires}
         if expired and data.draw(st.booleans(), label="a cancel request came first"):
             job_id = data.draw(st.sampled_from(sorted(expired)))
-            rec = self.run(self.backend.cancel(job_id))
-            self._compare(rec, self.model.cancel(job_id, None, None), f"cancel({job_id})")
+            if self._may_ask_cancel(job_id):
+                rec = self.run(self.backend.cancel(job_id))
+                self._compare(rec, self.model.cancel(job_id, None, None), f"cancel({job_id})")
         if expired:
             self._wait_until(max(self.expires[i] for i in expired) + MARGIN)
         got: set[str] = set()

@@ -131,3 +131,24 @@ async def test_retried_job_goes_to_the_back_after_a_cancel_while_waiting(store: 
     await store.retry(first.id)
     claimed = await store.claim(["default"], "w", 2, 60)
     assert [r.id for r in claimed] == [later.id, first.id]
+
+
+EMPTY_KEY_RECOVER = (
+    "sqlite recover() hands a lane on after a cancel-requested job ends cancelled only when "
+    "`r[3]` (the key) is truthy: with key '' the next job of the lane stays blocked for good"
+)
+
+
+@pytest.mark.parametrize("store", _on({"sqlite": EMPTY_KEY_RECOVER}), indirect=True)
+async def test_lane_with_empty_key_moves_on_after_recover_cancels(store: Backend) -> None:
+    """Lane '' : when recover() ends a cancel-requested running job cancelled, the next job runs."""
+    first = JobRecord(id=new_id(), task="t", key="")
+    second = JobRecord(id=new_id(), task="t", key="")
+    await store.enqueue([first, second])
+    (claimed,) = await store.claim(["default"], "w", 1, 0.001)
+    await store.cancel(claimed.id)  # a cancel request; then the worker dies
+    assert claimed.lease_expires_at is not None
+    expires = claimed.lease_expires_at.timestamp()
+    await wait_until(lambda: time.time() > expires + 0.003, message="the lease ran out")
+    assert await store.recover() == [first.id]
+    assert [r.id for r in await store.claim(["default"], "w", 1, 60)] == [second.id]
