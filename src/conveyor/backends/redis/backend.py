@@ -452,8 +452,11 @@ class RedisBackend(Backend):
     async def cancel(
         self, job_id: str, *, lease: Lease | None = None, error: ErrorInfo | None = None
     ) -> JobRecord | None:
+        # '' tells the script "no lease"; a lease with an empty token holds nothing: a token
+        # no job ever has (a space) keeps it fenced out, as on every backend
+        token = "" if lease is None else (lease.token or " ")
         reply = await self._run(
-            "cancel", job_id, "" if lease is None else lease.token,
+            "cancel", job_id, token,
             "" if error is None else dump_json(error),
         )
         return None if reply is None else record(reply)

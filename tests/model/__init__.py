@@ -1,0 +1,1 @@
+"""Model-based tests: each backend against an executable reference model of the contract."""
