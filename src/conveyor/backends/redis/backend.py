@@ -40,6 +40,8 @@ _LIST_BUDGET = 20_000
 _HAND_FRESH = 0.5
 # seconds a measurement of the wall clock's offset from Redis' is used before it is taken again
 _SKEW_REFRESH = 30.0
+# a measured offset at most this big (or within the reading's round trip) is taken as none
+_SKEW_IGNORED = 0.05
 # One enqueue is one script, and Redis serves nobody else while a script runs (about 30 µs per
 # job): 50,000 jobs hold it for one to two seconds. Bigger batches are refused before anything
 # is written (splitting them would break all-or-nothing); see docs/redis.md.
@@ -342,8 +344,11 @@ class RedisBackend(Backend):
             if sample[0] < 0.005:  # a quiet round trip: good enough
                 break
         assert best is not None
-        self._clock_skew = (_elapsed(), best[1])
-        return best[1]
+        # clocks within _SKEW_IGNORED of each other count as one (NTP keeps hosts far closer), so
+        # on a synced host `at=` is stored exactly as given, not moved by the reading's jitter
+        skew = best[1] if abs(best[1]) > max(_SKEW_IGNORED, best[0]) else 0.0
+        self._clock_skew = (_elapsed(), skew)
+        return skew
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:
         """Fail a claimed job that cannot be decoded (a foreign writer), so it never spins."""
