@@ -264,12 +264,15 @@ class RedisBackend(Backend):
         handoff = await self._listen_for_hand_outs(worker, queues)
         # tokens: a random prefix per call and the job's place in the batch; unique, unguessable
         prefix = secrets.token_hex(8) + "."
+        sent = _elapsed()
         reply = await self._run(
             "claim", worker, limit, repr(float(lease)), prefix, "1" if handoff else "0", *queues
         )
         due, server_now = reply[0]
-        # the Redis clock as this process sees it (within a round trip): for hand-outs' age
-        self._redis_clock = (float(server_now), _elapsed())
+        # the Redis clock as this process sees it, for hand-outs' age: anchored when the claim
+        # was sent, so the estimate errs late (older hand-outs, a check more), never early; a
+        # process stopped before it read the reply must not take that pause for fresh time
+        self._redis_clock = (float(server_now), sent)
         if due != "":
             self._next_due[tuple(queues)] = (time.monotonic(), float(due))
         else:
