@@ -5,6 +5,7 @@ results that cannot be stored while the backend is away never keep ``stop()`` fr
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,10 @@ async def test_refused_result_fails_its_job_and_the_rest_of_the_batch_is_stored(
             assert (info.status, info.result) == ("succeeded", i)
 
 
-@pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
+@pytest.mark.skipif(
+    redis_server_binary() is None and os.environ.get("CI", "").lower() != "true",
+    reason="!!! redis-server is not installed; this test is left out (under CI=true it fails) !!!",
+)
 async def test_stop_returns_when_results_cannot_be_stored(tmp_path: Path, wait_until: Any) -> None:
     """The backend goes away with a result pending: stop() still returns, within a bound."""
     with RedisServer(tmp_path / "redis") as server:
