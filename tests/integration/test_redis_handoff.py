@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -120,32 +121,39 @@ async def test_a_live_idle_worker_keeps_what_it_is_handed(url: str, producer: Qu
         assert await backend.complete([Ack(got.id, got.lease_token or "", 1)]) == [True]
 
 
+async def _late_hand_out(a: Any, producer: Queue, redis_server: RedisServer) -> tuple[Any, str]:
+    """Worker "A" (backend ``a``) registers idle, then is stopped: the job handed to it is taken
+    back and run by another worker. Returns the job and the hand-out message A never read."""
+    assert await a.claim(["default"], "A", 1, 30.0) == []
+    await a._listener.stop()  # A is stopped: it reads nothing
+    raw = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
+    pubsub = raw.pubsub()
+    try:
+        await pubsub.subscribe(f"{a.prefix}:hand:A")
+        job = await producer.tasks["echo"].enqueue(1)
+        assert (await job.info()).worker == "A"
+        message = None
+        while message is None or message["type"] != "message":
+            message = await pubsub.get_message(timeout=5)
+        async with producer.worker(concurrency=1):  # B takes it back and runs it
+            assert await job.result(timeout=10) == 1
+        return job, message["data"]
+    finally:
+        await pubsub.aclose()
+        await raw.aclose()
+
+
 async def test_a_hand_out_that_reaches_its_worker_late_is_not_run_there_again(
     url: str, producer: Queue, redis_server: RedisServer
 ) -> None:
     """A hand-out taken back (its worker was stopped) and run elsewhere is not started when it arrives."""
     side = Queue(url)
     async with side:
-        a = side.backend
+        a: Any = side.backend
+        job, data = await _late_hand_out(a, producer, redis_server)
+        # A resumes: the message it never read arrives now, then its claim loop runs
+        a._hands.on_message("A", data)
         assert await a.claim(["default"], "A", 1, 30.0) == []
-        await a._listener.stop()  # type: ignore[attr-defined]  # A is stopped: it reads nothing
-        raw = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
-        pubsub = raw.pubsub()
-        await pubsub.subscribe(f"{a.prefix}:hand:A")  # type: ignore[attr-defined]
-        try:
-            job = await producer.tasks["echo"].enqueue(1)
-            assert (await job.info()).worker == "A"
-            message = None
-            while message is None or message["type"] != "message":
-                message = await pubsub.get_message(timeout=5)
-            async with producer.worker(concurrency=1):  # B takes it back and runs it
-                assert await job.result(timeout=10) == 1
-            # A resumes: the message it never read arrives now, then its claim loop runs
-            a._hands.on_message("A", message["data"])  # type: ignore[attr-defined]
-            assert await a.claim(["default"], "A", 1, 30.0) == []
-        finally:
-            await pubsub.aclose()  # type: ignore[attr-defined]
-            await raw.aclose()
     info = await job.info()
     assert (info.status, info.attempts) == ("succeeded", 1)
 
@@ -176,23 +184,9 @@ async def test_a_late_hand_out_is_checked_even_when_the_wall_clock_steps_back(
     """A hand-out's age is judged without the wall clock: stepping it back does not make it fresh."""
     side = Queue(url)
     async with side:
-        a = side.backend
+        a: Any = side.backend
+        _, data = await _late_hand_out(a, producer, redis_server)
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() - 5.0)  # NTP steps the clock back
+        a._hands.on_message("A", data)
         assert await a.claim(["default"], "A", 1, 30.0) == []
-        await a._listener.stop()  # type: ignore[attr-defined]  # A is stopped: it reads nothing
-        raw = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
-        pubsub = raw.pubsub()
-        await pubsub.subscribe(f"{a.prefix}:hand:A")  # type: ignore[attr-defined]
-        try:
-            job = await producer.tasks["echo"].enqueue(1)
-            message = None
-            while message is None or message["type"] != "message":
-                message = await pubsub.get_message(timeout=5)
-            async with producer.worker(concurrency=1):  # B takes it back and runs it
-                assert await job.result(timeout=10) == 1
-            wall = time.time
-            monkeypatch.setattr(time, "time", lambda: wall() - 5.0)  # NTP steps the clock back
-            a._hands.on_message("A", message["data"])  # type: ignore[attr-defined]
-            assert await a.claim(["default"], "A", 1, 30.0) == []
-        finally:
-            await pubsub.aclose()  # type: ignore[attr-defined]
-            await raw.aclose()
