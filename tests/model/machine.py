@@ -58,7 +58,6 @@ KNOWN_BAD: dict[str, set[str]] = {
     "sqlite": {"over-1000-due"},
 }
 DUE_AT_ONCE = 900
-BIG_SCRIPT = 3000
 
 
 json_leaf = (
@@ -177,20 +176,6 @@ class BackendMachine(RuleBasedStateMachine):
                 _drop_store(self.url)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _cap(self, n: int) -> int:
-        """``n``, or less where a known bug makes a bigger batch fail (see KNOWN_BAD)."""
-        if "over-4000-per-script" in KNOWN_BAD.get(self.backend_name, set()):
-            n = min(n, BIG_SCRIPT)
-        return n
-
-    def _may_ask_cancel(self, job_id: str) -> bool:
-        """False for the one cancel request a known bug mishandles (see KNOWN_BAD)."""
-        job = self.model.jobs.get(job_id)
-        return not (
-            job is not None and job.status == RUNNING and job.key == ""
-            and "empty-key-cancel-request" in KNOWN_BAD.get(self.backend_name, set())
-        )
-
     def _running(self) -> list[MJob]:
         return [j for j in self.model.jobs.values() if j.status == RUNNING]
 
@@ -319,25 +304,13 @@ class BackendMachine(RuleBasedStateMachine):
         self._claim(data)
 
     def _enqueue_batch(self, data: st.DataObject) -> None:
-        size = self._cap(data.draw(st.sampled_from(self.BATCH_SIZES), label="batch size"))
+        size = data.draw(st.sampled_from(self.BATCH_SIZES), label="batch size")
         if size > 16:  # a big batch repeats a few patterns (cheap to draw, shrinks well)
             pattern = data.draw(st.lists(specs, min_size=1, max_size=4), label="pattern")
             batch = [pattern[i % len(pattern)] for i in range(size)]
         else:
             batch = data.draw(st.lists(specs, min_size=size, max_size=size), label="batch")
-        chunks = [batch]
-        if "supersede-in-batch" in KNOWN_BAD.get(self.backend_name, set()):
-            chunks = []
-            lanes: set[tuple[str, str]] = set()
-            for spec in batch:
-                if not chunks or (spec.supersede and (spec.queue, spec.key) in lanes):
-                    chunks.append([])
-                    lanes = set()
-                chunks[-1].append(spec)
-                if spec.key is not None:
-                    lanes.add((spec.queue, spec.key))
-        for chunk in chunks:
-            self._enqueue(chunk)
+        self._enqueue(batch)
 
     def _enqueue(self, batch: list[Spec]) -> None:
         if "over-1000-due" in KNOWN_BAD.get(self.backend_name, set()):
@@ -375,7 +348,7 @@ class BackendMachine(RuleBasedStateMachine):
             ([QUEUES[0]], [QUEUES[1]], list(QUEUES), list(reversed(QUEUES)))
         ))
         worker = data.draw(st.sampled_from(WORKERS))
-        limit = self._cap(data.draw(st.sampled_from(self.CLAIM_LIMITS), label="limit"))
+        limit = data.draw(st.sampled_from(self.CLAIM_LIMITS), label="limit")
         tiny = data.draw(st.booleans(), label="tiny lease")
         lease = TINY_LEASE if tiny else LONG_LEASE
         self._wait_due()
@@ -427,7 +400,7 @@ class BackendMachine(RuleBasedStateMachine):
         """complete: one bool per ack, False when fenced out (stale, forged, finished)."""
         acks = [(*self._pick_lease(data), data.draw(results)) for _ in range(data.draw(st.integers(1, 4)))]
         if data.draw(st.integers(0, 3)) == 3 and self._running():  # now and then every running job
-            acks += [(j.id, j.token or "", j.attempts) for j in self._running()[: self._cap(10**6)]]
+            acks += [(j.id, j.token or "", j.attempts) for j in self._running()]
         out = self.run(self.backend.complete([Ack(i, t, r) for i, t, r in acks]))
         assert out == self.model.complete(acks), acks
 
@@ -456,7 +429,7 @@ class BackendMachine(RuleBasedStateMachine):
         """release: back to queued, the attempt not counted; a cancel asked for completes."""
         leases = [self._pick_lease(data) for _ in range(data.draw(st.integers(1, 3)))]
         if data.draw(st.booleans()) and self._running():
-            leases += [(j.id, j.token or "") for j in self._running()[: self._cap(10**6)]]
+            leases += [(j.id, j.token or "") for j in self._running()]
         out = self.run(self.backend.release([Lease(i, t) for i, t in leases]))
         assert out == self.model.release(leases), leases
 
@@ -465,12 +438,8 @@ class BackendMachine(RuleBasedStateMachine):
         """cancel: waiting -> cancelled, running -> cancel_requested; with the lease -> cancelled."""
         with_lease = self._current is not None or data.draw(st.booleans(), label="with lease")
         lease = self._pick_lease(data) if with_lease else None
-        if lease and not lease[1] and "empty-token-cancel" in KNOWN_BAD.get(self.backend_name, set()):
-            lease = (lease[0], "forged")
         job_id = lease[0] if lease else self._pick_job(data, frozenset({"queued", "scheduled", RUNNING}))
         error = data.draw(st.none() | st.just("CancelledByWorker")) if lease else None
-        if lease is None and not self._may_ask_cancel(job_id):
-            return
         rec = self.run(self.backend.cancel(
             job_id, lease=None if lease is None else Lease(*lease),
             error=None if error is None else _error(error),
@@ -482,10 +451,6 @@ class BackendMachine(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         """retry by hand: failed/dead/cancelled -> queued at the back, attempts start over."""
         job_id = self._pick_job(data, frozenset({"failed", "dead", "cancelled"}))
-        if job_id in self.model.cancelled_waiting and "retry-after-waiting-cancel" in KNOWN_BAD.get(
-            self.backend_name, set()
-        ):
-            return
         rec = self.run(self.backend.retry(job_id))
         self._compare(rec, self.model.retry(job_id), f"retry({job_id})")
 
@@ -509,8 +474,6 @@ class BackendMachine(RuleBasedStateMachine):
     def cancel_running(self, data: st.DataObject) -> None:
         """Someone asks a running job to cancel (no lease): it gets cancel_requested."""
         job = data.draw(st.sampled_from(self._running()))
-        if not self._may_ask_cancel(job.id):
-            return
         rec = self.run(self.backend.cancel(job.id))
         self._compare(rec, self.model.cancel(job.id, None, None), f"cancel({job.id})")
 
@@ -521,9 +484,8 @@ class BackendMachine(RuleBasedStateMachine):
         expired = {j.id for j in self._running() if j.id in self.expires}
         if expired and data.draw(st.booleans(), label="a cancel request came first"):
             job_id = data.draw(st.sampled_from(sorted(expired)))
-            if self._may_ask_cancel(job_id):
-                rec = self.run(self.backend.cancel(job_id))
-                self._compare(rec, self.model.cancel(job_id, None, None), f"cancel({job_id})")
+            rec = self.run(self.backend.cancel(job_id))
+            self._compare(rec, self.model.cancel(job_id, None, None), f"cancel({job_id})")
         if expired:
             self._wait_until(max(self.expires[i] for i in expired) + MARGIN)
         got: set[str] = set()

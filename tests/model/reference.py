@@ -79,9 +79,6 @@ class Model:
         self.lanes: dict[tuple[str, str], list[str]] = {}
         self.unique: dict[tuple[str, str], str] = {}
         self.touched: set[str] = set()
-        #: jobs ever cancelled while waiting (no claim took them off a backend's index): the test
-        #: steers around a known bug with these (see KNOWN_BAD in machine.py)
-        self.cancelled_waiting: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, job: MJob, kind: str, data: Any) -> None:
@@ -115,8 +112,6 @@ class Model:
                 self.lanes.pop((job.queue, job.key), None)
 
     def _finish(self, job: MJob, status: str) -> None:
-        if status == CANCELLED and job.status in WAITING:
-            self.cancelled_waiting.add(job.id)
         self._status(job, status)
         self._leave(job)
 
