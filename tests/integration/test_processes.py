@@ -17,8 +17,8 @@ from .procs import Workers, all_jobs, count, process_gone, read_log, statuses, u
 pytestmark = pytest.mark.timeout(60)
 
 PLAIN = 300
-LANES = 4
-STEPS = 50  # per lane: 300 + 4 * 50 = 500 jobs
+LANES = 2  # few lanes, so both processes compete for them and lanes cross between them
+STEPS = 100  # per lane: 300 + 2 * 100 = 500 jobs
 
 
 async def test_two_processes_run_each_job_once_and_keep_lanes_in_order(
@@ -31,8 +31,9 @@ async def test_two_processes_run_each_job_once_and_keep_lanes_in_order(
     tick, step = app_queue.tasks["tick"], app_queue.tasks["step"]
     ids: set[str] = set()
     # enqueue while the workers run, lanes interleaved, so both processes see every lane
+    per_batch = PLAIN // (STEPS // 5)
     for batch in range(STEPS // 5):
-        prepared = [tick.prepare(batch * 30 + i) for i in range(30)]
+        prepared = [tick.prepare(batch * per_batch + i) for i in range(per_batch)]
         prepared += [step.prepare(lane, batch * 5 + s) for s in range(5) for lane in range(LANES)]
         ids |= {job.id for job in await app_queue.enqueue_many(prepared)}
     total = PLAIN + LANES * STEPS
