@@ -10,8 +10,10 @@ its own) against one CLI worker on a throwaway ``redis-server``, and stamps each
 * ``script``: when the enqueue script ran (the handed record's ``started_at``, Redis's clock:
   one machine, so one clock);
 * ``returned``: when the client's ``enqueue`` call returned;
-* ``pushed``: when the worker's pub/sub listener handed the job to the backend (``_on_hand``);
-* ``claimed``: when the worker's claim loop got it from ``backend.claim``;
+* ``pushed``: when the worker's pub/sub listener handed the job to the backend
+  (``HandOffs.on_message``);
+* ``claimed``: when the worker's claim loop got it from ``backend.claim`` (a job a claim found;
+  a hand-out goes from the listener straight to ``launch``);
 * ``started``: the task's first line.
 
 The worker's stamps come from wrappers installed when the worker imports this module (the worker
@@ -39,6 +41,7 @@ import redis
 from benchmarks.peers.common import ROOT, url
 from conveyor import Queue
 from conveyor.backends import redis as redis_backend
+from conveyor.backends.redis.handoff import HandOffs
 from conveyor.worker import attempt
 
 TRACE = "bench:trace"
@@ -52,13 +55,16 @@ _client: redis.Redis | None = None
 def _install_stamps() -> None:
     """Wrap the hand-off, claim and launch steps of the worker to note when each job passed."""
     backend_cls: Any = redis_backend.RedisBackend
-    on_hand, claim = backend_cls._on_hand, backend_cls.claim
+    hands_cls: Any = HandOffs
+    on_hand, claim = hands_cls.on_message, backend_cls.claim
 
     def stamped_on_hand(self: Any, worker: str, data: str) -> None:
         now = time.time()
         with contextlib.suppress(ValueError, IndexError, TypeError):
-            marks = MARKS.setdefault(str(json.loads(data)[0]), {})
+            values = json.loads(data)
+            marks = MARKS.setdefault(str(values[0]), {})
             marks["pushed"], marks["pushed_step"] = now, STEPS[0]
+            marks["script"] = float(values[14])  # started_at: when the enqueue script ran
         on_hand(self, worker, data)
 
     async def stamped_claim(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -71,7 +77,7 @@ def _install_stamps() -> None:
                 marks["script"] = r.started_at.timestamp()
         return records
 
-    backend_cls._on_hand, backend_cls.claim = stamped_on_hand, stamped_claim
+    hands_cls.on_message, backend_cls.claim = stamped_on_hand, stamped_claim
     loop_cls: Any = asyncio.BaseEventLoop
     run_once = loop_cls._run_once
 
@@ -113,6 +119,7 @@ STAGES = [("sent", "script", "client → enqueue script ran"),
           ("script", "returned", "script → client's enqueue returned"),
           ("script", "pushed", "script → worker's listener got the hand-off"),
           ("pushed", "claimed", "listener → claim loop took it"),
+          ("pushed", "launched", "listener → launch (hand-outs)"),
           ("claimed", "launched", "claim loop → launch"),
           ("launched", "started", "launch → task's first line"),
           ("sent", "started", "whole pickup")]
@@ -120,7 +127,8 @@ STAGES = [("sent", "script", "client → enqueue script ran"),
 
 def script_times(client: redis.Redis, q: Queue) -> str:
     """Redis's own time per script during the run (SLOWLOG with every command logged)."""
-    names = {sha: name for name, (sha, _) in getattr(q.backend, "_scripts", {}).items()}
+    scripts = getattr(getattr(q.backend, "_scripts", None), "_scripts", {})
+    names = {sha: name for name, (sha, _) in scripts.items()}
     took: dict[str, list[int]] = {}
     for entry in client.slowlog_get(1_000_000):
         cmd = entry["command"].split()
@@ -136,7 +144,7 @@ def script_times(client: redis.Redis, q: Queue) -> str:
     return "\n".join(lines)
 
 
-async def drive(q: Queue, samples: int, interval: float) -> list[dict[str, float]]:
+async def drive(q: Queue, samples: int, interval: float, slowlog: bool) -> list[dict[str, float]]:
     """The steady-load client: ``samples`` jobs, one every ``interval`` s on an absolute timeline."""
     client = redis.Redis.from_url(url())
     returned: dict[str, float] = {}
@@ -147,9 +155,10 @@ async def drive(q: Queue, samples: int, interval: float) -> list[dict[str, float
             if client.blpop([TRACE], timeout=60) is None:
                 raise TimeoutError("the worker did not start a warm-up job within 60 s")
         await asyncio.sleep(0.5)
-        client.config_set("slowlog-log-slower-than", 0)
-        client.config_set("slowlog-max-len", 1_000_000)
-        client.slowlog_reset()
+        if slowlog:  # it logs every command a script calls too: a cost of its own, so optional
+            client.config_set("slowlog-log-slower-than", 0)
+            client.config_set("slowlog-max-len", 1_000_000)
+            client.slowlog_reset()
         t0 = time.perf_counter() + 0.01
         for i in range(samples):
             wait = t0 + i * interval - time.perf_counter()
@@ -160,7 +169,8 @@ async def drive(q: Queue, samples: int, interval: float) -> list[dict[str, float
         deadline = time.monotonic() + 60
         while client.llen(TRACE) < samples and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # another process fills the list: nothing to await here
-        print(script_times(client, q))
+        if slowlog:
+            print(script_times(client, q))
     rows = [json.loads(v) for v in client.lrange(TRACE, 0, -1)]
     for row in rows:
         row["returned"] = returned.get(row["id"], float("nan"))
@@ -194,6 +204,9 @@ def main() -> int:
                         help="profile the worker with py-spy record --idle (FILE.svg, or .txt for "
                              "collapsed stacks)")
     parser.add_argument("--json", metavar="FILE", help="also write every job's stamps here")
+    parser.add_argument("--slowlog", action="store_true",
+                        help="also print Redis' own time per script (SLOWLOG of every command: it "
+                             "slows every command a script calls, so the stages grow too)")
     args = parser.parse_args()
     with redis_server() as server:
         os.environ["BENCH_REDIS_URL"] = server.url()
@@ -210,7 +223,7 @@ def main() -> int:
         try:
             client_queue = Queue(server.url(), name="bench")  # the client's handle on this server
             client_queue.task(name="pickup")(pickup.fn)
-            rows = asyncio.run(drive(client_queue, args.samples, args.interval))
+            rows = asyncio.run(drive(client_queue, args.samples, args.interval, args.slowlog))
         finally:
             worker.send_signal(2)  # SIGINT: py-spy writes its profile, the worker stops
             worker.wait(60)

@@ -252,6 +252,16 @@ class Backend(ABC):
         default does nothing.
         """
 
+    def deliver_to(self, worker: str, take: Callable[[JobRecord], bool] | None) -> None:  # noqa: B027
+        """Hand jobs this engine claims for ``worker`` on its own straight to ``take``.
+
+        Engines that claim for idle workers ahead of their ``claim()`` call (Redis hand-outs)
+        call ``take(record)`` from the event loop as each arrives, which saves the worker a loop
+        step and a ``claim()``; ``take`` returns False when the worker cannot start the job now,
+        and the job then comes with its next ``claim()``. ``None`` stops it. The default pushes
+        nothing.
+        """
+
     async def watch_cancellations(
         self, callback: Callable[[str], None]
     ) -> Callable[[], None] | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Ack, Lease
 from conveyor.errors import BackendError, ConfigError
-from conveyor.model import new_token, utcnow
+from conveyor.model import JobRecord, new_token, utcnow
 from conveyor.serde import error_info
 from conveyor.worker.attempt import Runner
 from conveyor.worker.watchdog import LoopWatchdog
@@ -89,6 +89,7 @@ class Worker:
         )
         self._started = False
         self._parked = False  # the claim loop waits (for work, a slot, a backoff)
+        self._claiming = 0  # slots asked for by the claim in flight (pushed jobs leave them free)
         self._shutdown: asyncio.Future[None] | None = None
         self._unwatch: Callable[[], None] | None = None  # stops pushed cancel requests
 
@@ -124,6 +125,7 @@ class Worker:
         if self._started:  # another start() finished while this one awaited
             return
         self._started = True
+        self.queue.backend.deliver_to(self.id, self._take_pushed)
         self._watchdog.start()
         for coro in (self._claim_loop(), self._ack_loop(), self._lease_loop(),
                      self._cancel_loop(), self._recover_loop(), self._purge_loop()):
@@ -165,6 +167,7 @@ class Worker:
             claim.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await claim
+        self.queue.backend.deliver_to(self.id, None)
         try:
             await self.queue.backend.retire(self.id)
         except Exception:
@@ -210,14 +213,17 @@ class Worker:
                 self._runner.slot_free.clear()
                 await self._park(self._runner.slot_free.wait())
                 continue
+            self._claiming = free
             try:
                 records = await backend.claim(self.queues, self.id, free, self.lease)
                 backoff = 0.05
             except Exception:
+                self._claiming = 0
                 log.exception("worker %s: claim failed; trying again in %.2f s", self.id, backoff)
                 await self._park(asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self._claiming = 0
             for record in records:
                 self._runner.launch(record)
             if not records:
@@ -226,6 +232,13 @@ class Worker:
                 except Exception:
                     log.exception("worker %s: waiting for jobs failed", self.id)
                     await self._park(asyncio.sleep(backoff))
+
+    def _take_pushed(self, record: JobRecord) -> bool:
+        """A job the backend claimed for this worker on its own: start it if a slot is free."""
+        if self._stopping.is_set() or len(self._running) + self._claiming >= self.concurrency:
+            return False
+        self._runner.launch(record)
+        return True
 
     async def _park(self, aw: Coroutine[Any, Any, Any]) -> None:
         """Wait in the claim loop; shutdown cancels the loop while it waits here, and only here.

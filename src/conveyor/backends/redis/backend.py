@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
 from conveyor.backends.redis.connection import Scripts, honour_cancel
-from conveyor.backends.redis.handoff import HandOffs
+from conveyor.backends.redis.handoff import Confirmations, HandOffs
 from conveyor.backends.redis.listener import Handler, Latch, Listener
 from conveyor.backends.redis.records import FIELDS, dt, record, ts
 from conveyor.errors import BackendError, ConfigError, PayloadTooLarge
@@ -38,6 +38,12 @@ _LIST_BUDGET = 20_000
 # a hand-out older than this (Redis clock) when the worker takes it is checked before it starts:
 # half the second Redis waits for its confirmation (HAND_CONFIRM in lua/lib.lua)
 _HAND_FRESH = 0.5
+# seconds after which an idle worker claims again to renew its registration (it lives two seconds
+# from the claim, IDLE_TTL in claim.lua); until then hand-outs need no claim round trip
+_IDLE_REFRESH = 1.0
+# scripts that make nothing claimable for this process's workers (complete says when it does)
+_KEEP_CLEAN = frozenset({"claim", "complete", "renew", "progress", "events", "list", "stats",
+                         "purge", "retire"})
 # seconds a measurement of the wall clock's offset from Redis' is used before it is taken again
 _SKEW_REFRESH = 30.0
 # a measured offset at most this big (or within the reading's round trip) is taken as none
@@ -110,10 +116,16 @@ class RedisBackend(Backend):
         self._redis_clock = (0.0, 0.0)
         # when our wall clock's offset from Redis' was measured (_elapsed()), and the offset
         self._clock_skew = (-_SKEW_REFRESH, 0.0)
-        self._hands = HandOffs(self._wake.set, self._give_back, self._confirm)
+        self._confirms = Confirmations(self._send_confirmations)
+        self._hands = HandOffs(self._wake.set, self._give_back, self._confirms.add, self._push)
+        self._takers: dict[str, Callable[[JobRecord], bool]] = {}  # see deliver_to
         self._background: set[asyncio.Task[None]] = set()
-        self._to_confirm: list[str] = []  # hand-outs received, "<id>\n<token>" (see _confirm)
-        self._confirming: asyncio.Task[None] | None = None
+        # worker id -> when (_elapsed()) the claim that registered it idle was sent: while that
+        # registration holds (_IDLE_REFRESH), taking a hand-out needs no claim round trip after it
+        self._idle_at: dict[str, float] = {}
+        # something this process did (or a wake-up it heard) may have made work claimable: the
+        # next claim goes to Redis even when a hand-out would let it skip the round trip
+        self._dirty = False
 
     @property
     def safe_url(self) -> str:
@@ -171,11 +183,7 @@ class RedisBackend(Backend):
             with contextlib.suppress(BackendError):
                 await self.retire(worker)
         self._hands.queues.clear()
-        confirming, self._confirming = self._confirming, None
-        if confirming is not None and not confirming.done():
-            confirming.cancel()  # what it would confirm was given back by retire() above
-            with contextlib.suppress(asyncio.CancelledError):
-                await confirming
+        await self._confirms.close()  # what it would confirm was given back by retire() above
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.stop()
@@ -184,6 +192,8 @@ class RedisBackend(Backend):
 
     # -- plumbing --------------------------------------------------------------------------
     async def _run(self, name: str, *args: Any) -> Any:
+        if name not in _KEEP_CLEAN:
+            self._dirty = True
         return await self._scripts.run(name, *args)
 
     def _job_key(self, job_id: str) -> str:
@@ -191,7 +201,7 @@ class RedisBackend(Backend):
 
     def _listen(self) -> Listener:
         if self._listener is None:
-            self._listener = Listener(self._scripts.connect, on_reconnect=self._wake.set)
+            self._listener = Listener(self._scripts.connect, on_reconnect=self._on_wake_all)
             # one channel for every cancel request of the namespace; few, so broadcast
             self._listener.subscribe(f"{self.prefix}:cancel", self._on_cancel)
         return self._listener
@@ -200,7 +210,11 @@ class RedisBackend(Backend):
         for watcher in list(self._cancel_watchers):
             watcher(job_id)
 
+    def _on_wake_all(self) -> None:
+        self._on_wake("")  # pushes may have been missed: look
+
     def _on_wake(self, _: str) -> None:
+        self._dirty = True
         self._wake.set()
 
     # -- transitions -----------------------------------------------------------------------
@@ -256,17 +270,26 @@ class RedisBackend(Backend):
             if handed:
                 return handed
         if self._hands.just_handed:
+            self._hands.just_handed = False
+            registered = self._idle_at.get(worker)
+            if (not self._dirty and registered is not None
+                    and _elapsed() - registered < _IDLE_REFRESH):
+                # still registered idle: Redis hands it the next job too, or publishes a wake-up
+                # when it could not (wait_for_jobs wakes for either): no round trip per job
+                return []
             # the caller is about to start the jobs it was just handed: let them begin before
             # this claim spends its time on a round trip
-            self._hands.just_handed = False
             await asyncio.sleep(0)
         self._hands.retired.discard(worker)
         handoff = await self._listen_for_hand_outs(worker, queues)
         # tokens: a random prefix per call and the job's place in the batch; unique, unguessable
         prefix = secrets.token_hex(8) + "."
+        received = self._hands.registering(worker, prefix)
         sent = _elapsed()
+        self._dirty = False  # writes that land from now on set it again
         reply = await self._run(
-            "claim", worker, limit, repr(float(lease)), prefix, "1" if handoff else "0", *queues
+            "claim", worker, limit, repr(float(lease)), prefix, "1" if handoff else "0",
+            received, *queues,
         )
         due, server_now = reply[0]
         # the Redis clock as this process sees it, for hand-outs' age: anchored when the claim
@@ -292,11 +315,31 @@ class RedisBackend(Backend):
         if len(out) > limit:  # recovered hand-outs beyond the free slots wait for the next claim
             self._hands.keep(worker, out[limit:])
             out = out[:limit]
-        elif len(out) < limit:
+        if handoff and len(out) < limit:
+            self._idle_at[worker] = sent  # the script registered it idle (IDLE_TTL in claim.lua)
+        else:
+            self._idle_at.pop(worker, None)
+        if len(out) < limit:
             # handed to us by pub/sub while the script ran (its copy in the reply was dropped
             # as the second one): take them now rather than at the next claim
             out += await self._still_ours(self._hands.take(worker, limit - len(out)))
         return out
+
+    def deliver_to(self, worker: str, take: Callable[[JobRecord], bool] | None) -> None:
+        if take is None:
+            self._takers.pop(worker, None)
+        else:
+            self._takers[worker] = take
+
+    def _push(self, worker: str, job: JobRecord) -> bool:
+        """Start a fresh hand-out in its worker at once; late ones wait for a checked claim."""
+        take = self._takers.get(worker)
+        if take is None or job.started_at is None:
+            return False
+        read, at = self._redis_clock
+        if read + (_elapsed() - at) - job.started_at.timestamp() > _HAND_FRESH:
+            return False
+        return take(job)
 
     async def _still_ours(self, handed: list[JobRecord]) -> list[JobRecord]:
         """The handed jobs this worker may start: fresh ones at once, late ones once checked.
@@ -378,25 +421,12 @@ class RedisBackend(Backend):
         self._background.add(task)  # a strong reference until it is done
         task.add_done_callback(self._background.discard)
 
-    def _confirm(self, job: JobRecord) -> None:
-        """Tell Redis a hand-out arrived, batched with any others received meanwhile.
-
-        It runs beside the job (never before it starts): one round trip per batch of hand-outs.
-        """
-        self._to_confirm.append(f"{job.id}\n{job.lease_token}")
-        if self._confirming is None or self._confirming.done():
-            task = asyncio.get_running_loop().create_task(self._send_confirmations())
-            self._confirming = task
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _send_confirmations(self) -> None:
-        while self._to_confirm:
-            members, self._to_confirm = self._to_confirm[:1000], self._to_confirm[1000:]
-            try:
-                await self._scripts.command("ZREM", f"{self.prefix}:handing", *members)
-            except BackendError:  # the jobs come back within a second and run again elsewhere
-                log.warning("redis: could not confirm %d hand-out(s)", len(members), exc_info=True)
+    async def _send_confirmations(self, members: list[str]) -> None:
+        """Tell Redis these hand-outs arrived (see :class:`Confirmations`)."""
+        try:
+            await self._scripts.command("ZREM", f"{self.prefix}:handing", *members)
+        except BackendError:  # the jobs come back within a second and run again elsewhere
+            log.warning("redis: could not confirm %d hand-out(s)", len(members), exc_info=True)
 
     async def _release_quietly(self, leases: Sequence[Lease]) -> None:
         try:
@@ -407,6 +437,7 @@ class RedisBackend(Backend):
     async def retire(self, worker: str) -> None:
         """The worker claims nothing more: stop handing it jobs, give back what it was handed."""
         queues, handed = self._hands.retire(worker)
+        self._idle_at.pop(worker, None)
         if queues:
             await self._run("retire", worker, *queues)
         if handed:
@@ -436,7 +467,11 @@ class RedisBackend(Backend):
             return []
         # one JSON argument; each result rides inside as JSON text, stored byte for byte
         batch = dump_json([[ack.job_id, ack.token, dump_json(ack.result)] for ack in acks])
-        return [r == 1 for r in await self._run("complete", batch)]
+        self._confirms.acked([ack.job_id for ack in acks])  # the script confirms hand-outs too
+        reply = await self._run("complete", batch)
+        if reply.pop() == 1:
+            self._dirty = True  # a lane moved on: the next claim looks
+        return [r == 1 for r in reply]
 
     async def fail(
         self, lease: Lease, error: ErrorInfo, *, retry_at: datetime | None, dead: bool = False
@@ -557,6 +592,8 @@ class RedisBackend(Backend):
             timeout = min(timeout, max(0.0, due[1] - (time.monotonic() - due[0])))
         if not listener.healthy:
             timeout = min(timeout, self.fallback_poll)
+        if self._idle_at:  # claim again before an idle registration runs out
+            timeout = min(timeout, max(0.0, min(self._idle_at.values()) + _IDLE_REFRESH - _elapsed()))
         await self._wake.wait_and_clear(timeout)
 
     async def wait_for_events(self, job_id: str, after: int, timeout: float) -> list[Event]:

@@ -9,15 +9,17 @@ next claim; whichever copy arrives first wins (by lease token).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.backends.base import Lease
 from conveyor.backends.redis.records import record as to_record
 from conveyor.model import JobRecord
 
-__all__ = ["HandOffs"]
+__all__ = ["Confirmations", "HandOffs"]
 
 log = logging.getLogger("conveyor.redis")
 
@@ -32,10 +34,12 @@ class HandOffs:
         wake: Callable[[], None],
         give_back: Callable[[Sequence[Lease]], None],
         confirm: Callable[[JobRecord], None],
+        push: Callable[[str, JobRecord], bool],
     ) -> None:
         self._wake = wake
         self._give_back = give_back
         self._confirm = confirm
+        self._push = push
         self.waiting: dict[str, list[JobRecord]] = {}
         #: worker id -> the queues it is registered idle on (it listens on its channel)
         self.queues: dict[str, tuple[str, ...]] = {}
@@ -43,6 +47,8 @@ class HandOffs:
         # tokens of handed jobs already taken in, oldest first (a bounded ordered set)
         self._tokens: dict[str, None] = {}
         self.just_handed = False
+        # worker id -> (token prefix of its idle registration, hand-outs of it received in order)
+        self._received: dict[str, tuple[str, int]] = {}
 
     def any(self) -> bool:
         """True when some worker has handed jobs to take."""
@@ -60,6 +66,23 @@ class HandOffs:
     def keep(self, worker: str, records: Sequence[JobRecord]) -> None:
         """Records claimed for ``worker`` beyond its free slots: its next claim takes them."""
         self.waiting.setdefault(worker, []).extend(records)
+
+    def registering(self, worker: str, prefix: str) -> int:
+        """A claim with token ``prefix`` is sent: how many hand-outs of the last one arrived.
+
+        Redis numbers the hand-outs of one registration 1, 2, ... in its ``P:handed:<worker>``
+        list; the claim script skips the ones received in order (pub/sub keeps order) instead
+        of reading each record again.
+        """
+        _, got = self._received.get(worker, ("", 0))
+        self._received[worker] = (prefix, 0)
+        return got
+
+    def _arrived(self, worker: str, token: str) -> None:
+        prefix, got = self._received.get(worker, ("", 0))
+        # "<prefix>h<n>"; a gap (a lost message) stops the count: the claim sends the rest
+        if prefix and token == f"{prefix}h{got + 1}":
+            self._received[worker] = (prefix, got + 1)
 
     def first_copy(self, record: JobRecord) -> bool:
         """True the first time a handed job arrives (by pub/sub or with a claim), else False."""
@@ -80,15 +103,18 @@ class HandOffs:
             log.warning("redis: a job handed to %s cannot be decoded (%s)", worker, exc)
             return
         assert record.lease_token is not None
+        self._arrived(worker, record.lease_token)
         if not self.first_copy(record):
             return  # a claim brought it already
         if worker in self.retired:  # it stopped claiming while the job was on its way
             self._give_back([Lease(record.id, record.lease_token)])
             return
-        self.waiting.setdefault(worker, []).append(record)
-        self._wake()
         # Redis takes the job back unless told within a second that this worker has it
         self._confirm(record)
+        if not self.waiting.get(worker) and self._push(worker, record):
+            return  # started at once (behind any handed earlier and not taken yet, else)
+        self.waiting.setdefault(worker, []).append(record)
+        self._wake()
 
     def leases(self) -> list[Lease]:
         """The leases of every handed job no claim has taken yet (renewed with the others)."""
@@ -103,3 +129,54 @@ class HandOffs:
         """``worker`` stops claiming: its queues and the jobs handed to it, to give back."""
         self.retired.add(worker)
         return self.queues.get(worker, ()), self.waiting.pop(worker, [])
+
+
+class Confirmations:
+    """Hand-outs received and not confirmed to Redis yet, confirmed in batches right behind
+    their jobs' start.
+
+    Redis takes a hand-out back unless it hears within a second that the worker has it, so the
+    confirmation goes at once: but only once the loop has run what was ready when it arrived
+    (the job just launched among it), never between a hand-out and its job's first line. All
+    that arrive meanwhile share one ``ZREM``; an ack sent first confirms its job itself.
+    """
+
+    def __init__(self, send: Callable[[list[str]], Awaitable[None]]) -> None:
+        self._send = send
+        self._pending: dict[str, str] = {}  # job id -> "<id>\n<token>"
+        self._due_soon = False
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, record: JobRecord) -> None:
+        """A hand-out arrived: confirm it right behind what the loop runs next."""
+        self._pending[record.id] = f"{record.id}\n{record.lease_token}"
+        if not self._due_soon:
+            self._due_soon = True
+            asyncio.get_running_loop().call_soon(self._due)
+
+    def acked(self, job_ids: Sequence[str]) -> None:
+        """These jobs' acks are on their way: the ack confirms them (complete.lua)."""
+        if self._pending:
+            for job_id in job_ids:
+                self._pending.pop(job_id, None)
+
+    def _due(self) -> None:
+        self._due_soon = False
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            members = list(self._pending.values())[:1000]
+            for member in members:
+                del self._pending[member.partition("\n")[0]]
+            await self._send(members)
+
+    async def close(self) -> None:
+        """Stop confirming (what is pending was given back or acked)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pending.clear()

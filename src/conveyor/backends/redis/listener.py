@@ -59,6 +59,18 @@ class Latch:
         self._flag = False
 
 
+def _end_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop.
+
+    redis-py (seen with 8.1) can swallow a cancel that lands while it connects or reads, or turn
+    it into a connection error or timeout, and go on: a listener told to stop would then read
+    (or reconnect) for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -132,6 +144,12 @@ class Listener:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+            # redis-py can swallow a cancel that lands mid-read and go on reading: on a closed
+            # socket that read fails, and _run sees the cancel request and ends
+            conn = self._conn
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._handlers.clear()
@@ -178,6 +196,7 @@ class Listener:
             conn = self._connect()
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
+                _end_if_cancelled()
                 self._conn, self._sent, self._active = conn, set(), set()
                 self._sync()
                 self.healthy = True
@@ -189,6 +208,7 @@ class Listener:
                 pinged = False
                 while True:
                     message = await conn.read_response(timeout=self.idle, push_request=True)
+                    _end_if_cancelled()
                     if message is None:
                         if pinged:
                             raise RedisTimeoutError(f"no answer to PING within {self.idle} s")
@@ -200,6 +220,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                _end_if_cancelled()
                 if self.healthy or delay == 0.05:
                     log.warning("redis listener lost its connection (%s); reconnecting", exc)
             finally:

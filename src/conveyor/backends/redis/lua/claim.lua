@@ -1,7 +1,8 @@
 -- Take up to `limit` due jobs, best first, each with a fresh lease.
 -- ARGV[3] worker, ARGV[4] limit, ARGV[5] lease seconds, ARGV[6] token prefix (random per call),
 -- ARGV[7] '1' if the worker listens on P:hand:<worker> (see hand_out in lib.lua),
--- ARGV[8..] queue names.
+-- ARGV[8] how many of the jobs handed to it since its last claim it received in order (the
+-- first ones of P:handed:<worker>: not read again), ARGV[9..] queue names.
 -- Returns {{next, now}, handed, record, record, ...}: `next` is the number of seconds (Redis
 -- clock) until the earliest scheduled job of these queues is due ('' if none, only computed when
 -- the queues ran dry), `now` the Redis clock (the worker judges hand-outs' age by it); `handed` the records of jobs handed to this worker since its last claim and
@@ -9,8 +10,9 @@
 local now = clock()
 local worker, limit, lease, prefix = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local handoff = ARGV[7] == '1'
+local received = tonumber(ARGV[8])
 local queues = {}
-for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 9, #ARGV do queues[#queues + 1] = ARGV[i] end
 -- seconds an idle registration stays valid: the worker claims again within a second when idle
 local IDLE_TTL = 2
 
@@ -23,7 +25,7 @@ redis.call('DEL', wk)
 
 local handed = {}
 local hk = P .. ':handed:' .. worker
-for _, id in ipairs(redis.call('LRANGE', hk, 0, -1)) do
+for _, id in ipairs(redis.call('LRANGE', hk, received, -1)) do
   local rec = record(jkey(id))
   if rec[4] == 'running' and rec[21] == worker then
     handed[#handed + 1] = rec

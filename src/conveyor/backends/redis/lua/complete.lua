@@ -1,10 +1,14 @@
 -- Mark attempts succeeded. ARGV[3] = a JSON array of [id, token, result JSON text] triples
 -- (one argument: cheaper to send than three per ack).
--- Returns one 1/0 per ack: 0 when the token no longer holds the job's lease.
+-- Returns one 1/0 per ack: 0 when the token no longer holds the job's lease; then 1 if work
+-- became claimable (a lane moved on), else 0.
 local now = clock()
 local out = {}
+local confirmed = {}
 for i, ack in ipairs(cjson.decode(ARGV[3])) do
   local id = ack[1]
+  -- a handed job's ack is its hand-out's confirmation too (tokens of hand-outs hold an 'h')
+  if string.find(ack[2], 'h', 1, true) then confirmed[#confirmed + 1] = id .. '\n' .. ack[2] end
   local jk = jkey(id)
   local f = held(jk, ack[2])
   if f then
@@ -17,6 +21,7 @@ for i, ack in ipairs(cjson.decode(ARGV[3])) do
 end
 -- retention: as many expired jobs leave as jobs finish here, so the indexes stay bounded
 -- however fast jobs go through (recover() prunes too, for queues that went quiet)
+chunked('ZREM', P .. ':handing', confirmed)
 prune(now - RETENTION, #out + 8)
-settle(now)
+out[#out + 1] = settle(now) and 1 or 0
 return out

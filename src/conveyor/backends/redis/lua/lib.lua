@@ -410,12 +410,14 @@ end
 
 -- End of every writing script: hand new work to idle workers, wake the others if any is left
 -- (or if a scheduled job arrived: waiters recompute when to look next), then apply the
--- gathered writes.
+-- gathered writes. True when it published a wake-up.
 local function settle(now)
+  local woke = false
   for q, kind in pairs(woken) do
     if handing then hand_out(q, now) end
     if kind == 'scheduled' or redis.call('ZCARD', qkey(q, 'ready')) > 0 then
       redis.call('PUBLISH', P .. ':wake:' .. q, '')
+      woke = true
     end
   end
   for q, d in pairs(deltas) do
@@ -427,4 +429,5 @@ local function settle(now)
   for k, ops in pairs(relisted) do apply_changes(k, ops) end
   apply_changes(P .. ':running', running)
   chunked('ZADD', P .. ':done', done_add)
+  return woke
 end
