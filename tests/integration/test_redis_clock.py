@@ -33,7 +33,7 @@ def skewed_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     def now() -> datetime:
         return utcnow() + skew
 
-    for module in ("conveyor.task", "conveyor.worker.attempt", "conveyor.backends.redis.backend"):
+    for module in ("conveyor.task", "conveyor.worker.attempt", "conveyor.backends.redis.clock"):
         monkeypatch.setattr(f"{module}.utcnow", now)
     return skew
 

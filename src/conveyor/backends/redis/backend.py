@@ -17,12 +17,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
+from conveyor.backends.redis.clock import RedisClock, elapsed, shifted
 from conveyor.backends.redis.connection import Scripts, honour_cancel
 from conveyor.backends.redis.handoff import Confirmations, HandOffs
 from conveyor.backends.redis.listener import Handler, Latch, Listener
 from conveyor.backends.redis.records import FIELDS, dt, record, ts
 from conveyor.errors import BackendError, ConfigError, PayloadTooLarge
-from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus, utcnow
+from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
 from conveyor.serde import dump_json
 
 __all__ = ["RedisBackend"]
@@ -44,33 +45,12 @@ _IDLE_REFRESH = 1.0
 # scripts that make nothing claimable for this process's workers (complete says when it does)
 _KEEP_CLEAN = frozenset({"claim", "complete", "renew", "progress", "events", "list", "stats",
                          "purge", "retire"})
-# seconds a measurement of the wall clock's offset from Redis' is used before it is taken again
-_SKEW_REFRESH = 30.0
-# a measured offset at most this big (or within the reading's round trip) is taken as none
-_SKEW_IGNORED = 0.05
 # One enqueue is one script, and Redis serves nobody else while a script runs (about 30 µs per
 # job): 50,000 jobs hold it for one to two seconds. Bigger batches are refused before anything
 # is written (splitting them would break all-or-nothing); see docs/redis.md.
 MAX_ENQUEUE_JOBS = 50_000
 # half of Redis' default proto-max-bulk-len (512 MB): the batch travels as one argument
 MAX_ENQUEUE_BYTES = 256 << 20
-
-
-def _shifted(at: datetime | None, skew: float) -> str:
-    """A due time of this process's clock, as a timestamp of the Redis clock ('' for none)."""
-    return "" if at is None else repr(at.timestamp() - skew)
-
-
-def _wall() -> float:
-    """This process's wall clock (the one due times are given by), as a POSIX timestamp."""
-    return utcnow().timestamp()
-
-
-def _elapsed() -> float:
-    """Seconds on a clock that never steps and, where the system has one, counts suspends too."""
-    if hasattr(time, "CLOCK_BOOTTIME"):
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    return time.monotonic()
 
 
 class RedisBackend(Backend):
@@ -111,16 +91,12 @@ class RedisBackend(Backend):
         self._cancel_watchers: set[Handler] = set()
         # per queue set: (monotonic time measured, seconds until the next scheduled job is due)
         self._next_due: dict[tuple[str, ...], tuple[float, float]] = {}
-        # the Redis clock read by the last claim, and our monotonic clock when its reply came:
-        # together they tell the Redis time now without trusting our wall clock (it may step)
-        self._redis_clock = (0.0, 0.0)
-        # when our wall clock's offset from Redis' was measured (_elapsed()), and the offset
-        self._clock_skew = (-_SKEW_REFRESH, 0.0)
+        self._clock = RedisClock(self._scripts.command)
         self._confirms = Confirmations(self._send_confirmations)
         self._hands = HandOffs(self._wake.set, self._give_back, self._confirms.add, self._push)
         self._takers: dict[str, Callable[[JobRecord], bool]] = {}  # see deliver_to
         self._background: set[asyncio.Task[None]] = set()
-        # worker id -> when (_elapsed()) the claim that registered it idle was sent: while that
+        # worker id -> when (elapsed()) the claim that registered it idle was sent: while that
         # registration holds (_IDLE_REFRESH), taking a hand-out needs no claim round trip after it
         self._idle_at: dict[str, float] = {}
         # something this process did (or a wake-up it heard) may have made work claimable: the
@@ -148,7 +124,7 @@ class RedisBackend(Backend):
         await self._scripts.open()
         await self._check_eviction()
         await self._upgrade()
-        await self._skew()  # measured now, while nothing of ours keeps the server busy
+        await self._clock.skew()  # measured now, while nothing of ours keeps the server busy
 
     async def _upgrade(self) -> None:
         """Move a store written before the listing indexes onto them, in short batches."""
@@ -227,14 +203,14 @@ class RedisBackend(Backend):
                 "(one atomic script blocks the server while it runs); split the batch"
             )
         # due times move onto the Redis clock here (the offset is measured on a quiet round trip)
-        skew = await self._skew() if any(job.scheduled_for for job in jobs) else 0.0
+        skew = await self._clock.skew() if any(job.scheduled_for for job in jobs) else 0.0
         # one JSON argument for the batch: far cheaper to send than 14 arguments per job; args,
         # kwargs and retry ride along as JSON text inside it, so Lua stores them byte for byte
         batch = dump_json([
             [job.id, job.task, job.queue, dump_json(job.args), dump_json(job.kwargs), str(job.priority),
              job.key, job.unique, str(job.max_attempts),
              "" if job.timeout is None else repr(float(job.timeout)), ts(job.enqueued_at),
-             _shifted(job.scheduled_for, skew), "" if job.retry is None else dump_json(job.retry),
+             shifted(job.scheduled_for, skew), "" if job.retry is None else dump_json(job.retry),
              job.supersede]
             for job in jobs
         ])
@@ -250,6 +226,9 @@ class RedisBackend(Backend):
         for job, reply in zip(jobs, replies, strict=True):
             if isinstance(reply, list):
                 out.append(record(reply))
+                continue
+            if reply == "queued" and job.status is JobStatus.QUEUED and not job.supersede:
+                out.append(job)  # stored as sent (the common case: no copy)
                 continue
             # "<status>" or "<status> <due time by the Redis clock>"
             status, _, due = reply.partition(" ")
@@ -273,7 +252,7 @@ class RedisBackend(Backend):
             self._hands.just_handed = False
             registered = self._idle_at.get(worker)
             if (not self._dirty and registered is not None
-                    and _elapsed() - registered < _IDLE_REFRESH):
+                    and elapsed() - registered < _IDLE_REFRESH):
                 # still registered idle: Redis hands it the next job too, or publishes a wake-up
                 # when it could not (wait_for_jobs wakes for either): no round trip per job
                 return []
@@ -285,17 +264,14 @@ class RedisBackend(Backend):
         # tokens: a random prefix per call and the job's place in the batch; unique, unguessable
         prefix = secrets.token_hex(8) + "."
         received = self._hands.registering(worker, prefix)
-        sent = _elapsed()
+        sent = elapsed()
         self._dirty = False  # writes that land from now on set it again
         reply = await self._run(
             "claim", worker, limit, repr(float(lease)), prefix, "1" if handoff else "0",
             received, *queues,
         )
         due, server_now = reply[0]
-        # the Redis clock as this process sees it, for hand-outs' age: anchored when the claim
-        # was sent, so the estimate errs late (older hand-outs, a check more), never early; a
-        # process stopped before it read the reply must not take that pause for fresh time
-        self._redis_clock = (float(server_now), sent)
+        self._clock.anchor(float(server_now), sent)  # for hand-outs' age
         if due != "":
             self._next_due[tuple(queues)] = (time.monotonic(), float(due))
         else:
@@ -336,8 +312,7 @@ class RedisBackend(Backend):
         take = self._takers.get(worker)
         if take is None or job.started_at is None:
             return False
-        read, at = self._redis_clock
-        if read + (_elapsed() - at) - job.started_at.timestamp() > _HAND_FRESH:
+        if self._clock.now() - job.started_at.timestamp() > _HAND_FRESH:
             return False
         return take(job)
 
@@ -349,8 +324,7 @@ class RedisBackend(Backend):
         blocked) is confirmed and checked first, a round trip taken only on this rare path, so
         a job taken back is never started here as well.
         """
-        read, at = self._redis_clock
-        now = read + (_elapsed() - at)
+        now = self._clock.now()
         out: list[JobRecord] = []
         for job in handed:
             started = job.started_at.timestamp() if job.started_at is not None else now
@@ -367,34 +341,6 @@ class RedisBackend(Backend):
             else:
                 log.info("redis: job %s was handed here too late and went elsewhere", job.id)
         return out
-
-    async def _skew(self) -> float:
-        """How far this process's wall clock is ahead of Redis', in seconds (measured anew when
-        the last reading is older than ``_SKEW_REFRESH``): due times are sent on the Redis clock.
-
-        Read with ``TIME`` on a round trip of its own, timed: the reading is trusted within half
-        that round trip, so time spent queued behind another client's long script never reads as
-        skew (it would if the clock were read inside the script that stores the due time).
-        """
-        measured, skew = self._clock_skew
-        if _elapsed() - measured < _SKEW_REFRESH:
-            return skew
-        best: tuple[float, float] | None = None
-        for _ in range(3):
-            before = _wall()
-            sec, usec = await self._scripts.command("TIME")
-            after = _wall()
-            sample = (after - before, (before + after) / 2 - (int(sec) + int(usec) / 1e6))
-            if best is None or sample[0] < best[0]:
-                best = sample
-            if sample[0] < 0.005:  # a quiet round trip: good enough
-                break
-        assert best is not None
-        # clocks within _SKEW_IGNORED of each other count as one (NTP keeps hosts far closer), so
-        # on a synced host `at=` is stored exactly as given, not moved by the reading's jitter
-        skew = best[1] if abs(best[1]) > max(_SKEW_IGNORED, best[0]) else 0.0
-        self._clock_skew = (_elapsed(), skew)
-        return skew
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:
         """Fail a claimed job that cannot be decoded (a foreign writer), so it never spins."""
@@ -477,9 +423,9 @@ class RedisBackend(Backend):
         self, lease: Lease, error: ErrorInfo, *, retry_at: datetime | None, dead: bool = False
     ) -> bool:
         final = JobStatus.DEAD if dead else JobStatus.FAILED
-        skew = await self._skew() if retry_at is not None else 0.0
+        skew = await self._clock.skew() if retry_at is not None else 0.0
         reply = await self._run(
-            "fail", lease.job_id, lease.token, dump_json(error), _shifted(retry_at, skew),
+            "fail", lease.job_id, lease.token, dump_json(error), shifted(retry_at, skew),
             final.value, "",
         )
         return bool(reply == 1)
@@ -593,7 +539,7 @@ class RedisBackend(Backend):
         if not listener.healthy:
             timeout = min(timeout, self.fallback_poll)
         if self._idle_at:  # claim again before an idle registration runs out
-            timeout = min(timeout, max(0.0, min(self._idle_at.values()) + _IDLE_REFRESH - _elapsed()))
+            timeout = min(timeout, max(0.0, min(self._idle_at.values()) + _IDLE_REFRESH - elapsed()))
         await self._wake.wait_and_clear(timeout)
 
     async def wait_for_events(self, job_id: str, after: int, timeout: float) -> list[Event]:

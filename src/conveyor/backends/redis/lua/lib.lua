@@ -336,14 +336,16 @@ local HAND_CONFIRM = 1
 -- they ran dry): the job is claimed for the worker here and its record published on the
 -- worker's channel, which saves the worker a claim round trip. A worker may have died since it
 -- registered (a registration lives two seconds): the hand-out stays in P:handing until the
--- worker confirms it (a batched ZREM, off its pickup path, or its next claim), and take_back
--- returns it to its queue after HAND_CONFIRM seconds without a word.
+-- worker confirms it (a batched ZREM right behind the job's start, its ack, or its next claim),
+-- and take_back
+-- returns it to its queue after HAND_CONFIRM seconds without a word. True when ready jobs
+-- are left (no idle worker had a free slot for them).
 local function hand_out(q, now)
   local ik = qkey(q, 'idle')
   local rk = qkey(q, 'ready')
-  while true do
+  while redis.call('ZCARD', rk) > 0 do
     local worker = redis.call('SRANDMEMBER', ik)
-    if not worker then return end
+    if not worker then return true end
     local wk = P .. ':idle:' .. worker
     local w = redis.call('HMGET', wk, 'free', 'until', 'lease', 'token', 'n')
     local free = tonumber(w[1] or '0')
@@ -351,7 +353,6 @@ local function hand_out(q, now)
       redis.call('SREM', ik, worker)
     else
       local best = redis.call('ZPOPMIN', rk)
-      if #best == 0 then return end
       local n = tonumber(w[5]) + 1
       local rec = take(string.sub(best[1], 17), worker, w[4] .. 'h' .. n,
                        now + tonumber(w[3]), now)
@@ -369,6 +370,7 @@ local function hand_out(q, now)
       redis.call('HSET', wk, 'free', free, 'n', n)
     end
   end
+  return false
 end
 
 -- Hand-outs nobody confirmed in time go back to their queue, at their old place (priority,
@@ -414,8 +416,13 @@ end
 local function settle(now)
   local woke = false
   for q, kind in pairs(woken) do
-    if handing then hand_out(q, now) end
-    if kind == 'scheduled' or redis.call('ZCARD', qkey(q, 'ready')) > 0 then
+    local left
+    if handing then
+      left = hand_out(q, now)
+    else
+      left = redis.call('ZCARD', qkey(q, 'ready')) > 0
+    end
+    if kind == 'scheduled' or left then
       redis.call('PUBLISH', P .. ':wake:' .. q, '')
       woke = true
     end
