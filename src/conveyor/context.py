@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -49,7 +48,9 @@ class Context:
         self.attempt = attempt  # 1 for the first attempt
         self._report = report
         self._loop = loop
-        self._cancelled = threading.Event()
+        # a plain flag: set on the loop, read from the task's thread (one attribute store is
+        # atomic); a threading.Event would cost a lock and a condition per attempt
+        self._cancelled = False
 
     def __repr__(self) -> str:
         return f"<Context job={self.job_id} task={self.task} attempt={self.attempt}>"
@@ -57,10 +58,10 @@ class Context:
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled or timed out: a ``def`` task should return soon."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def _cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
     def progress(self, fraction: float, message: str = "") -> _Sent:
         """Report progress (``fraction`` from 0 to 1) to whoever watches the job.
