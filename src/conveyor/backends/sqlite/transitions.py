@@ -20,6 +20,9 @@ from conveyor.backends.sqlite.core import (
 from conveyor.model import ErrorInfo, JobRecord, JobStatus
 from conveyor.serde import dump_json
 
+#: acks settled by one UPDATE (three parameters each, far below SQLite's 32,766)
+_ACKS_PER_STATEMENT = 500
+
 
 class TransitionVerbs(SQLiteCore):
     """enqueue, complete, fail, release, cancel, retry, recover, progress."""
@@ -101,9 +104,9 @@ class TransitionVerbs(SQLiteCore):
             return []
         payload = [(Lease(a.job_id, a.token), dump_json(a.result)) for a in acks]
 
-        def work(conn: sqlite3.Connection, now: float) -> list[bool]:
+        def one_by_one(conn: sqlite3.Connection, now: float) -> tuple[list[bool], list[Settled]]:
+            # an id twice in one batch: in order, so the first ack that holds the lease wins
             out: list[bool] = []
-            lanes: set[tuple[str, str]] = set()
             done: list[Settled] = []
             for lease, result in payload:
                 hit = self._settle(
@@ -114,8 +117,14 @@ class TransitionVerbs(SQLiteCore):
                 out.append(hit is not None)
                 if hit is not None:
                     done.append(hit)
-                    if hit.key is not None:
-                        lanes.add((hit.queue, hit.key))
+            return out, done
+
+        def work(conn: sqlite3.Connection, now: float) -> list[bool]:
+            if len({lease.job_id for lease, _ in payload}) < len(payload):
+                out, done = one_by_one(conn, now)
+            else:
+                out, done = all_at_once(conn, now)
+            lanes = {(hit.queue, hit.key) for hit in done if hit.key is not None}
             self._append_status(conn, now, [h.event for h in done])
             self._handoff(conn, lanes)
             moves: Counter[tuple[str, str]] = Counter()
@@ -124,6 +133,24 @@ class TransitionVerbs(SQLiteCore):
                 moves[hit.queue, "succeeded"] += 1
             self._count(conn, moves)
             return out
+
+        def all_at_once(conn: sqlite3.Connection, now: float) -> tuple[list[bool], list[Settled]]:
+            done: list[Settled] = []
+            for start in range(0, len(payload), _ACKS_PER_STATEMENT):
+                chunk = payload[start:start + _ACKS_PER_STATEMENT]
+                values = ",".join(["(?, ?, ?)"] * len(chunk))
+                # one fenced UPDATE for the whole chunk: a row changes only if its token holds
+                done += map(Settled._make, conn.execute(
+                    "UPDATE conveyor_jobs SET status = 'succeeded', finished_at = ?, "
+                    "result = a.column3, error = NULL, lease_token = NULL, lease_expires_at = NULL, "
+                    f"last_event = last_event + 1 FROM (VALUES {values}) AS a "
+                    "WHERE conveyor_jobs.id = a.column1 AND conveyor_jobs.lease_token = a.column2 "
+                    "AND conveyor_jobs.status = 'running' "
+                    "RETURNING queue, key, id, last_event, status, attempts",
+                    (now, *(v for lease, result in chunk for v in (lease.job_id, lease.token, result))),
+                ).fetchall())
+            settled = {hit.id for hit in done}
+            return [lease.job_id in settled for lease, _ in payload], done
 
         return await self._write(work)
 
