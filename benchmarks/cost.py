@@ -48,16 +48,20 @@ def _server_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def _drain(url: str, jobs: int, concurrency: int, raw: redis.Redis | None) -> dict[str, Any]:
-    from benchmarks.bench_app import make_queue
-
+def _start_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CONVEYOR_URL": url,
            "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)}
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "conveyor", "worker", "benchmarks.bench_app:queue",
          "--concurrency", str(concurrency), "--log-level", "warning"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
     )
+
+
+async def _drain(url: str, jobs: int, concurrency: int, raw: redis.Redis | None) -> dict[str, Any]:
+    from benchmarks.bench_app import make_queue
+
+    worker = _start_worker(url, concurrency)
     queue = make_queue(url)
     noop = queue.tasks["noop"]
     try:

@@ -225,10 +225,13 @@ class Backend(ABC):
         """Which of these running jobs someone asked to cancel."""
 
     # -- waiting ---------------------------------------------------------------------------
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(
+        self, queues: Sequence[str], timeout: float, worker: str | None = None
+    ) -> None:
         """Return when new work may be due in ``queues``, or after ``timeout`` seconds.
 
-        The default polls; engines with push notifications override it.
+        ``worker`` is the worker that waits (the id its claims name), for engines that keep
+        state per worker. The default polls; engines with push notifications override it.
         """
         await asyncio.sleep(min(timeout, self.poll_interval))
 

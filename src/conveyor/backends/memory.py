@@ -375,7 +375,9 @@ class MemoryBackend(Backend):
         return {i for i in job_ids if (j := self._jobs.get(i)) is not None and j.cancel_requested}
 
     # -- waiting ---------------------------------------------------------------------------
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(
+        self, queues: Sequence[str], timeout: float, worker: str | None = None
+    ) -> None:
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - utcnow().timestamp()))
         if self._work.is_set():

@@ -108,6 +108,13 @@ class Runner:
     def launch(self, record: JobRecord) -> None:
         assert record.lease_token is not None
         loop = asyncio.get_running_loop()
+        stale = self.running.get(record.id)
+        if stale is not None:
+            # the store gave this job to us again (its earlier lease was taken back while that
+            # attempt still ran here): the earlier attempt can store nothing more; stop it
+            log.warning("job %s: claimed again while an earlier attempt still runs here; "
+                        "stopping that one (its lease is gone)", record.id)
+            self.interrupt(stale, "lost")
         run = Attempt(record, Lease(record.id, record.lease_token))
         run.ctx = Context(
             job_id=record.id, task=record.task, queue=record.queue, attempt=record.attempts,
@@ -174,7 +181,8 @@ class Runner:
         finally:
             if run.timer is not None:
                 run.timer.cancel()
-            self.running.pop(record.id, None)
+            if self.running.get(record.id) is run:  # not a newer attempt of the same job
+                del self.running[record.id]
             if run.task is not None:
                 self.by_task.pop(run.task, None)
             self.slot_free.set()

@@ -228,7 +228,7 @@ class Worker:
                 self._runner.launch(record)
             if not records:
                 try:
-                    await self._park(backend.wait_for_jobs(self.queues, timeout=1.0))
+                    await self._park(backend.wait_for_jobs(self.queues, timeout=1.0, worker=self.id))
                 except Exception:
                     log.exception("worker %s: waiting for jobs failed", self.id)
                     await self._park(asyncio.sleep(backoff))
@@ -354,9 +354,12 @@ class Worker:
             except Exception:
                 log.warning("renewing leases failed", exc_info=True)
                 continue
+            sent = {lease.job_id: lease.token for lease in held}
             for job_id in result.lost:
                 run = self._running.get(job_id)
-                if run is not None:
+                # the token renewed must be this attempt's: the job may have come back to this
+                # worker as a new attempt while the renewal was under way
+                if run is not None and run.lease.token == sent.get(job_id):
                     log.warning("job %s: lease lost; another worker may run it", job_id)
                     self._runner.interrupt(run, "lost")
             for job_id in result.cancel_requested:

@@ -62,6 +62,14 @@ def build(url: str | None = None) -> Queue:
         record("end", ctx, n)
         return n
 
+    @queue.task(name="stall")
+    async def stall(n: int, ctx: Context) -> int:
+        """An ``async def`` whose first step blocks the event loop for ``$ITEST_HOLD`` seconds."""
+        record("start", ctx, n)
+        time.sleep(float(os.environ.get("ITEST_HOLD", "0.05")))  # noqa: ASYNC251 - the point
+        record("end", ctx, n)
+        return n
+
     @queue.task(name="tick")
     async def tick(n: int, ctx: Context) -> int:
         """Record one run; return ``n``."""

@@ -270,7 +270,7 @@ class RedisBackend(Backend):
             "claim", worker, limit, repr(float(lease)), prefix, "1" if handoff else "0",
             received, *queues,
         )
-        due, server_now = reply[0]
+        due, server_now, registered = reply[0]
         self._clock.anchor(float(server_now), sent)  # for hand-outs' age
         if due != "":
             self._next_due[tuple(queues)] = (time.monotonic(), float(due))
@@ -291,7 +291,7 @@ class RedisBackend(Backend):
         if len(out) > limit:  # recovered hand-outs beyond the free slots wait for the next claim
             self._hands.keep(worker, out[limit:])
             out = out[:limit]
-        if handoff and len(out) < limit:
+        if registered == "1":
             self._idle_at[worker] = sent  # the script registered it idle (IDLE_TTL in claim.lua)
         else:
             self._idle_at.pop(worker, None)
@@ -520,7 +520,9 @@ class RedisBackend(Backend):
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag == "1"}
 
     # -- waiting ---------------------------------------------------------------------------
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(
+        self, queues: Sequence[str], timeout: float, worker: str | None = None
+    ) -> None:
         """Wait for a wake-up published on the queues' channels, or for the next due job."""
         if self._hands.any():
             return
@@ -538,8 +540,9 @@ class RedisBackend(Backend):
             timeout = min(timeout, max(0.0, due[1] - (time.monotonic() - due[0])))
         if not listener.healthy:
             timeout = min(timeout, self.fallback_poll)
-        if self._idle_at:  # claim again before an idle registration runs out
-            timeout = min(timeout, max(0.0, min(self._idle_at.values()) + _IDLE_REFRESH - elapsed()))
+        registered = self._idle_at.get(worker) if worker is not None else None
+        if registered is not None:  # claim again before its idle registration runs out
+            timeout = min(timeout, max(0.0, registered + _IDLE_REFRESH - elapsed()))
         await self._wake.wait_and_clear(timeout)
 
     async def wait_for_events(self, job_id: str, after: int, timeout: float) -> list[Event]:

@@ -75,11 +75,13 @@ class Scripts:
         """Create the connection pool and load the scripts (nothing is written)."""
         if self.client is not None:
             return
-        # no socket_timeout by default: it costs a timer per command on the hot path, and TCP
-        # keepalive finds dead peers (set ?socket_timeout= in the URL to bound each command)
+        # no socket_timeout unless the URL sets one (?socket_timeout=): TCP keepalive finds dead
+        # peers. redis-py 8 defaults it to 5 s, and then sends every command from a task of its
+        # own (asyncio.wait_for): a loop step and a task per command on the hot path, and a
+        # command sent just before a blocking step leaves only after it
         client = aioredis.Redis.from_url(
-            self._driver_url, decode_responses=True, socket_connect_timeout=5.0,
-            socket_keepalive=True,
+            self._driver_url, decode_responses=True, socket_timeout=None,
+            socket_connect_timeout=5.0, socket_keepalive=True,
             # a dropped connection (Redis restarting) is retried briefly before it is an error
             retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.02), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],

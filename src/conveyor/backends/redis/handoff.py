@@ -109,7 +109,8 @@ class HandOffs:
         if worker in self.retired:  # it stopped claiming while the job was on its way
             self._give_back([Lease(record.id, record.lease_token)])
             return
-        # Redis takes the job back unless told within a second that this worker has it
+        # Redis takes the job back unless told within a second that this worker has it: the
+        # confirmation is on its way before the job can begin (see Confirmations)
         self._confirm(record)
         if not self.waiting.get(worker) and self._push(worker, record):
             return  # started at once (behind any handed earlier and not taken yet, else)
@@ -132,27 +133,31 @@ class HandOffs:
 
 
 class Confirmations:
-    """Hand-outs received and not confirmed to Redis yet, confirmed in batches right behind
-    their jobs' start.
+    """Hand-outs received and not confirmed to Redis yet, confirmed in batches before their jobs
+    begin.
 
-    Redis takes a hand-out back unless it hears within a second that the worker has it, so the
-    confirmation goes at once: but only once the loop has run what was ready when it arrived
-    (the job just launched among it), never between a hand-out and its job's first line. All
-    that arrive meanwhile share one ``ZREM``; an ack sent first confirms its job itself.
+    Redis takes a hand-out back unless it hears within a second that the worker has it, and a
+    job's first step may hold the event loop for longer than that (blocking code in an ``async
+    def``, or a burst of jobs handed at once). So the confirmation is sent first: the task that
+    sends it is created as the hand-out arrives, before its job is launched, and tasks start in
+    the order they were created. All that arrive before it runs share one ``ZREM``; batches do
+    not wait for each other's replies.
     """
 
     def __init__(self, send: Callable[[list[str]], Awaitable[None]]) -> None:
         self._send = send
         self._pending: dict[str, str] = {}  # job id -> "<id>\n<token>"
-        self._due_soon = False
-        self._task: asyncio.Task[None] | None = None
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, record: JobRecord) -> None:
-        """A hand-out arrived: confirm it right behind what the loop runs next."""
+        """A hand-out arrived: confirm it before any job launched after this call starts."""
         self._pending[record.id] = f"{record.id}\n{record.lease_token}"
-        if not self._due_soon:
-            self._due_soon = True
-            asyncio.get_running_loop().call_soon(self._due)
+        if not self._scheduled:
+            self._scheduled = True
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._tasks.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._tasks.discard)
 
     def acked(self, job_ids: Sequence[str]) -> None:
         """These jobs' acks are on their way: the ack confirms them (complete.lua)."""
@@ -160,23 +165,19 @@ class Confirmations:
             for job_id in job_ids:
                 self._pending.pop(job_id, None)
 
-    def _due(self) -> None:
-        self._due_soon = False
-        if self._pending and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(self._flush())
-
     async def _flush(self) -> None:
-        while self._pending:
-            members = list(self._pending.values())[:1000]
-            for member in members:
-                del self._pending[member.partition("\n")[0]]
+        self._scheduled = False
+        members, self._pending = list(self._pending.values()), {}
+        if members:
             await self._send(members)
 
     async def close(self) -> None:
         """Stop confirming (what is pending was given back or acked)."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
+        tasks = list(self._tasks)  # each one's done callback leaves the set
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._pending.clear()
+        self._scheduled = False

@@ -144,7 +144,9 @@ class ClaimVerbs(SQLiteCore):
 
         return await self._read(work)
 
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(
+        self, queues: Sequence[str], timeout: float, worker: str | None = None
+    ) -> None:
         seen = self._claim_mark
         if self._changes.count != seen:
             return  # something changed while the last claim ran: look again

@@ -3,9 +3,11 @@
 -- ARGV[7] '1' if the worker listens on P:hand:<worker> (see hand_out in lib.lua),
 -- ARGV[8] how many of the jobs handed to it since its last claim it received in order (the
 -- first ones of P:handed:<worker>: not read again), ARGV[9..] queue names.
--- Returns {{next, now}, handed, record, record, ...}: `next` is the number of seconds (Redis
--- clock) until the earliest scheduled job of these queues is due ('' if none, only computed when
--- the queues ran dry), `now` the Redis clock (the worker judges hand-outs' age by it); `handed` the records of jobs handed to this worker since its last claim and
+-- Returns {{next, now, registered}, handed, record, record, ...}: `next` is the number of seconds
+-- (Redis clock) until the earliest scheduled job of these queues is due ('' if none, only
+-- computed when the queues ran dry), `now` the Redis clock (the worker judges hand-outs' age by
+-- it), `registered` '1' when the worker is now registered idle (hand-outs may come), else '0';
+-- `handed` the records of jobs handed to this worker since its last claim and
 -- still held by it (it may have missed their message); then the claimed records in order.
 local now = clock()
 local worker, limit, lease, prefix = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -75,7 +77,7 @@ else
   end
 end
 
-local out = {{'', ts(now)}, handed}
+local out = {{'', ts(now), '0'}, handed}
 for i, m in ipairs(picked) do
   local rec = take(string.sub(m, 17), worker, prefix .. i, now + lease, now)
   if rec then out[#out + 1] = rec end
@@ -98,6 +100,7 @@ if #out - 2 < limit then
     redis.call('HSET', wk, 'free', limit - (#out - 2), 'until', ts(now + IDLE_TTL),
                'lease', lease, 'token', prefix, 'n', 0)
     redis.call('EXPIRE', wk, IDLE_TTL + 1)
+    out[1][3] = '1'
   end
 end
 settle(now)

@@ -353,9 +353,11 @@ local function hand_out(q, now)
       redis.call('SREM', ik, worker)
     else
       local best = redis.call('ZPOPMIN', rk)
+      -- hand-outs are numbered 1, 2, ... with no gap (the worker counts those it got in order)
       local n = tonumber(w[5]) + 1
       local rec = take(string.sub(best[1], 17), worker, w[4] .. 'h' .. n,
                        now + tonumber(w[3]), now)
+      if not rec then n = n - 1 end
       if rec then
         redis.call('PUBLISH', P .. ':hand:' .. worker, cjson.encode(rec))
         -- pub/sub may drop a message (a connection going down): the worker's next claim also
