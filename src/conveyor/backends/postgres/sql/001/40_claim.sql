@@ -1,0 +1,69 @@
+-- Claiming: one call takes a batch of due jobs, in order, each with a fresh lease.
+
+-- Take up to p_limit due lane heads of p_queues for p_worker, best first (priority, then enqueue
+-- order), leased for p_lease seconds by the server's clock. Rows another claim holds are
+-- skipped (FOR UPDATE SKIP LOCKED), so claims never wait for each other.
+CREATE FUNCTION @s@.claim(p_queues text[], p_worker text, p_limit integer,
+                          p_lease double precision)
+RETURNS SETOF @s@.jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    IF p_limit <= 0 OR coalesce(cardinality(p_queues), 0) = 0 THEN
+        RETURN;
+    END IF;
+    -- scheduled lane heads now due move into jobs_ready, soonest first (at most 1,000 per
+    -- claim, so a claim never holds rows for long); priority then decides among all that is due
+    UPDATE @s@.jobs SET due = true
+    WHERE id IN (SELECT j.id FROM @s@.jobs j
+                 WHERE j.queue = ANY(p_queues) AND j.status = 'scheduled' AND NOT j.blocked
+                   AND NOT j.due AND j.run_at <= v_now
+                 ORDER BY j.run_at LIMIT 1000 FOR UPDATE SKIP LOCKED);
+    RETURN QUERY
+    WITH picked AS (
+        -- each queue's best from its own range of jobs_ready, then the best of those
+        SELECT c.id, c.status
+        FROM (SELECT DISTINCT unnest(p_queues) AS name) AS q,
+             LATERAL (SELECT j.id, j.status, j.priority, j.pos FROM @s@.jobs j
+                      WHERE j.queue = q.name
+                        AND NOT j.blocked AND (j.status = 'queued' OR (j.status = 'scheduled' AND j.due))
+                      ORDER BY j.priority DESC, j.pos
+                      LIMIT p_limit FOR UPDATE SKIP LOCKED) AS c
+        ORDER BY c.priority DESC, c.pos
+        LIMIT p_limit
+    ), upd AS (
+        UPDATE @s@.jobs j
+        SET status = 'running', attempts = j.attempts + 1, started_at = v_now, finished_at = NULL,
+            worker = p_worker, cancel_requested = false,
+            lease_token = translate(gen_random_uuid()::text, '-', ''),
+            lease_expires_at = v_now + make_interval(secs => p_lease),
+            last_event = j.last_event + 1
+        FROM picked WHERE j.id = picked.id
+        RETURNING j AS job, picked.status AS old
+    ), ev AS (
+        INSERT INTO @s@.events (job_id, seq, type, at, data)
+        SELECT (u.job).id, (u.job).last_event, 'status', v_now,
+               '{"status":"running","attempt":' || (u.job).attempts || ',"worker":'
+               || to_json(p_worker)::text || '}'
+        FROM upd u
+    ), cnt AS (
+        INSERT INTO @s@.counts (queue, status, n)
+        SELECT (u.job).queue, u.old, -count(*) FROM upd u GROUP BY (u.job).queue, u.old
+        UNION ALL
+        SELECT (u.job).queue, 'running', count(*) FROM upd u GROUP BY (u.job).queue
+    )
+    SELECT (u.job).* FROM upd u ORDER BY (u.job).priority DESC, (u.job).pos;
+END
+$$;
+
+-- Seconds (by the server's clock) until the next scheduled lane head of p_queues is due, or
+-- NULL when none waits: an idle worker sleeps that long unless woken first.
+CREATE FUNCTION @s@.next_due(p_queues text[]) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT extract(epoch FROM min(d.at) - clock_timestamp())::double precision
+    FROM (SELECT (SELECT min(j.run_at) FROM @s@.jobs j
+                  WHERE j.queue = q.name AND j.status = 'scheduled' AND NOT j.blocked
+                    AND NOT j.due) AS at
+          FROM unnest(p_queues) AS q(name)) AS d
+$$;
