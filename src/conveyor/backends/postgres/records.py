@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.model import JobRecord, JobStatus
-from conveyor.serde import dump_json, load_stored
+from conveyor.serde import load_stored
 
-__all__ = ["COLUMNS", "extra_json", "record"]
+__all__ = ["COLUMNS", "record", "record_from_json"]
 
 #: the columns ``record`` reads, for SELECTs of their own
 COLUMNS = (
@@ -40,6 +41,18 @@ def record(row: Sequence[Any]) -> JobRecord:
     )
 
 
-def extra_json(**fields: object) -> str:
-    """More members for a status event's JSON object, as ``,"name":value`` text."""
-    return "".join(f",{dump_json(name)}:{dump_json(value)}" for name, value in fields.items())
+def _when(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+
+
+def record_from_json(text: str) -> JobRecord:
+    """The job in a row given as JSON (``row_to_json``), as enqueue answers for stored jobs."""
+    row = json.loads(text)
+    return record([
+        row["id"], row["task"], row["queue"], row["status"], row["args"], row["kwargs"],
+        row["priority"], row["key"], row["unique_key"], row["attempts"], row["max_attempts"],
+        None if row["timeout"] is None else float(row["timeout"]), _when(row["enqueued_at"]), _when(row["scheduled_for"]),
+        _when(row["started_at"]), _when(row["finished_at"]), row["result"], row["error"],
+        row["progress"], row["retry"], row["worker"], row["cancel_requested"],
+        row["lease_token"], _when(row["lease_expires_at"]),
+    ])

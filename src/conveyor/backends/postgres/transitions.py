@@ -13,7 +13,7 @@ from typing import Any
 
 from conveyor.backends.base import Ack, Lease, worker_lost
 from conveyor.backends.postgres.core import PostgresCore
-from conveyor.backends.postgres.records import COLUMNS, record
+from conveyor.backends.postgres.records import COLUMNS, record, record_from_json
 from conveyor.errors import BackendError, PayloadTooLarge
 from conveyor.model import ErrorInfo, JobRecord, JobStatus
 from conveyor.serde import dump_json
@@ -36,7 +36,7 @@ Fetch = Callable[[str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
 def enqueue_sql(schema: str) -> str:
     """The statement that stores a batch in ``schema`` (parameters: :func:`_params`)."""
     return (
-        f'SELECT o_ord, o_id, o_status, o_existing FROM "{schema}".enqueue('
+        f'SELECT o_ord, o_id, o_status, o_existing, o_record FROM "{schema}".enqueue('
         "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::text[], "
         "$8::text[], $9::integer[], $10::double precision[], $11::timestamptz[], "
         "$12::timestamptz[], $13::text[], $14::boolean[])"
@@ -74,8 +74,7 @@ async def enqueue_on(fetch: Fetch, schema: str, jobs: Sequence[JobRecord]) -> li
 
     Nothing here commits or rolls back: on a caller's open transaction the jobs exist, and
     workers are woken (NOTIFY), only once the caller commits; a rollback leaves no trace. The
-    answers are as ``Backend.enqueue`` gives them. Two round trips only when some job was
-    stored already (its id, or an active job with its unique value): its record is read back.
+    answers are as ``Backend.enqueue`` gives them: one round trip.
     """
     if not jobs:
         return []
@@ -84,24 +83,14 @@ async def enqueue_on(fetch: Fetch, schema: str, jobs: Sequence[JobRecord]) -> li
         firsts.setdefault(job.id, i)
     distinct = [job for i, job in enumerate(jobs) if firsts[job.id] == i]
     rows = await fetch(enqueue_sql(schema), _params(distinct))
-    answers = {int(row[0]) - 1: (row[1], row[2], bool(row[3])) for row in rows}
+    answers = {int(row[0]) - 1: (row[1], row[2], row[4]) for row in rows}
     if len(answers) != len(distinct) or any(a[0] is None for a in answers.values()):
         raise BackendError("postgresql enqueue: the store did not answer for every job")
-    held = sorted({job_id for job_id, _, existing in answers.values() if existing})
-    found: dict[str, JobRecord] = {}
-    if held:
-        for row in await fetch(
-            f'SELECT {COLUMNS} FROM "{schema}".jobs WHERE id = ANY($1::text[])', (held,)
-        ):
-            rec = record(row)
-            found[rec.id] = rec
     out: list[JobRecord] = []
     for i, job in enumerate(distinct):
-        job_id, status, existing = answers[i]
-        if existing:
-            if job_id not in found:
-                raise BackendError(f"postgresql enqueue: job {job_id} vanished while it was read")
-            out.append(replace(found[job_id]))
+        _, status, existing = answers[i]
+        if existing is not None:
+            out.append(record_from_json(existing))
         else:
             out.append(replace(job, status=JobStatus(status), attempts=0, supersede=False))
     by_id = {job.id: rec for job, rec in zip(distinct, out, strict=True)}

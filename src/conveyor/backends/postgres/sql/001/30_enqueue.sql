@@ -3,13 +3,14 @@
 -- (the Python side answers repeated ids itself). Returns, per job, its place in the batch, the
 -- id and status of the record that answers it, and whether that record existed already (the
 -- id was stored before, or an active job holds its unique value): then nothing was written for
--- it. Workers are woken by NOTIFY, which PostgreSQL delivers at commit, and only then.
+-- it, and o_record is that record as JSON, as it was then (a later job of the same batch may
+-- still change it, by supersede). Workers are woken by NOTIFY, which PostgreSQL delivers at commit, and only then.
 CREATE FUNCTION @s@.enqueue(
     p_ids text[], p_tasks text[], p_queues text[], p_args text[], p_kwargs text[],
     p_priorities integer[], p_keys text[], p_uniques text[], p_max_attempts integer[],
     p_timeouts double precision[], p_enqueued_at timestamptz[], p_scheduled_for timestamptz[],
     p_retries text[], p_supersede boolean[]
-) RETURNS TABLE (o_ord integer, o_id text, o_status text, o_existing boolean)
+) RETURNS TABLE (o_ord integer, o_id text, o_status text, o_existing boolean, o_record text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
@@ -62,7 +63,8 @@ BEGIN
     SELECT array_agg(ins.id), array_agg(ins.status) INTO v_ids, v_sts FROM ins;
     v_stored := coalesce(cardinality(v_ids), 0);
     RETURN QUERY
-        SELECT u.i::integer, coalesce(n.id, j.id), coalesce(n.st, j.status), n.id IS NULL
+        SELECT u.i::integer, coalesce(n.id, j.id), coalesce(n.st, j.status), n.id IS NULL,
+               CASE WHEN n.id IS NULL THEN row_to_json(j)::text END
         FROM unnest(p_ids, p_keys, p_uniques) WITH ORDINALITY AS u(id, key, uniq, i)
         LEFT JOIN unnest(v_ids, v_sts) AS n(id, st) ON n.id = u.id
         LEFT JOIN @s@.jobs j ON n.id IS NULL AND j.id = u.id
@@ -98,12 +100,15 @@ BEGIN
             RETURNING id, status INTO o_id, o_status;
             IF FOUND THEN
                 o_existing := false;
+                o_record := NULL;
                 EXIT;
             END IF;
             o_existing := true;
-            SELECT j.id, j.status INTO o_id, o_status FROM @s@.jobs j WHERE j.id = r.id;
+            SELECT j.id, j.status, row_to_json(j)::text INTO o_id, o_status, o_record
+            FROM @s@.jobs j WHERE j.id = r.id;
             EXIT WHEN FOUND;
-            SELECT j.id, j.status INTO o_id, o_status FROM @s@.jobs j
+            SELECT j.id, j.status, row_to_json(j)::text INTO o_id, o_status, o_record
+            FROM @s@.jobs j
             WHERE j.queue = r.queue AND j.unique_key = r.uniq
               AND j.status IN ('queued', 'scheduled', 'running');
             EXIT WHEN FOUND;
