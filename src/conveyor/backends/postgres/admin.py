@@ -36,11 +36,13 @@ class AdminVerbs(PostgresCore):
             if done < PURGE_BATCH:
                 break
             await asyncio.sleep(0)  # let the worker's own calls in between
-        while int(await self.db.fetchval(
-            "purge", f"SELECT {self.s}.purge_lanes($1, $2)", before, PURGE_BATCH
-        )) == PURGE_BATCH:
+        while True:
+            done = int(await self.db.fetchval(
+                "purge", f"SELECT {self.s}.purge_lanes($1, $2)", before, PURGE_BATCH
+            ))
+            if done < PURGE_BATCH:
+                return total
             await asyncio.sleep(0)
-        return total
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:

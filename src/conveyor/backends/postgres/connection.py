@@ -21,13 +21,13 @@ from conveyor.backends.postgres.options import PgOptions
 from conveyor.backends.postgres.schema import VERSION, migrate, schema_version
 from conveyor.errors import BackendError
 
-__all__ = ["Database", "TRANSIENT"]
+__all__ = ["DRIVER_ERRORS", "TRANSIENT", "Database"]
 
 log = logging.getLogger("conveyor.postgres")
 
 #: errors after which the same call is tried again (the transaction did not commit, or the
 #: connection is gone and with it any doubt but the reply's)
-TRANSIENT: tuple[type[BaseException], ...] = (
+TRANSIENT = (
     asyncpg.PostgresConnectionError,  # class 08
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CannotConnectNowError,  # starting up or shutting down
@@ -39,6 +39,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+#: every error the driver or the network raises
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _TRIES = 4
 _FIRST_DELAY = 0.02
 
@@ -70,7 +72,7 @@ class Database:
                 self.options.dsn, min_size=self.options.pool_min, max_size=self.options.pool_max,
                 reset=_keep_session, **self._connect_kwargs,
             )
-        except (asyncpg.PostgresError, *TRANSIENT) as exc:
+        except DRIVER_ERRORS as exc:
             raise BackendError(f"postgresql at {self.safe_url}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
@@ -84,10 +86,23 @@ class Database:
         except BackendError:
             await pool.close()
             raise
-        except (asyncpg.PostgresError, *TRANSIENT) as exc:
+        except DRIVER_ERRORS as exc:
             await pool.close()
             raise BackendError(f"postgresql schema setup at {self.safe_url}: {exc}") from exc
         self.pool = pool
+
+    async def migrate(self) -> tuple[int, int]:
+        """Create or upgrade the schema on a connection of its own; (version before, after)."""
+        try:
+            conn = await asyncpg.connect(self.options.dsn, timeout=10, **self._connect_kwargs)
+        except DRIVER_ERRORS as exc:
+            raise BackendError(f"postgresql at {self.safe_url}: {exc}") from exc
+        try:
+            return await migrate(conn, self.options.schema)
+        except DRIVER_ERRORS as exc:
+            raise BackendError(f"postgresql migrate at {self.safe_url}: {exc}") from exc
+        finally:
+            await conn.close()
 
     async def close(self) -> None:
         """Close every connection. Idempotent."""
@@ -95,7 +110,7 @@ class Database:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (TimeoutError, *TRANSIENT):
+            except DRIVER_ERRORS:
                 pool.terminate()
 
     async def connect(self) -> asyncpg.Connection:

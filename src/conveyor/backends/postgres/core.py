@@ -53,6 +53,11 @@ class PostgresCore(Backend):
                 )
                 await self._listener.start()
 
+    async def migrate(self) -> tuple[int, int]:
+        """Create or upgrade the schema now, on a connection of its own (``conveyor migrate``);
+        return the version before and after. Idempotent, and safe beside starting workers."""
+        return await self.db.migrate()
+
     async def close(self) -> None:
         """Stop listening and close every connection. Idempotent."""
         listener, self._listener = self._listener, None

@@ -58,6 +58,11 @@ class Latch:
         self._flag = False
 
 
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    """A callback that sets ``event`` (whatever it is called with)."""
+    return lambda _: event.set()
+
+
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -120,7 +125,7 @@ class Listener:
             try:
                 conn = await self._connect()
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(_setter(lost))
                 for channel in self._handlers:
                     await conn.add_listener(channel, self._dispatch)
                 self.server_pid = conn.get_server_pid()

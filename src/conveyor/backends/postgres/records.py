@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.model import JobRecord, JobStatus
 from conveyor.serde import load_stored
 
-__all__ = ["COLUMNS", "record", "record_from_json"]
+__all__ = ["COLUMNS", "Row", "record", "record_from_json"]
+
+
+class Row(Protocol):
+    """A row of any driver: its values by position."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 #: the columns ``record`` reads, for SELECTs of their own
 COLUMNS = (
@@ -26,7 +31,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)  # a driver that gives the session's time zone
 
 
-def record(row: Sequence[Any]) -> JobRecord:
+def record(row: Row | list[Any]) -> JobRecord:
     """The job in a row selected as ``COLUMNS`` (by position, so any driver's rows do)."""
     enqueued = _utc(row[12])
     assert enqueued is not None
@@ -51,7 +56,8 @@ def record_from_json(text: str) -> JobRecord:
     return record([
         row["id"], row["task"], row["queue"], row["status"], row["args"], row["kwargs"],
         row["priority"], row["key"], row["unique_key"], row["attempts"], row["max_attempts"],
-        None if row["timeout"] is None else float(row["timeout"]), _when(row["enqueued_at"]), _when(row["scheduled_for"]),
+        None if row["timeout"] is None else float(row["timeout"]),
+        _when(row["enqueued_at"]), _when(row["scheduled_for"]),
         _when(row["started_at"]), _when(row["finished_at"]), row["result"], row["error"],
         row["progress"], row["retry"], row["worker"], row["cancel_requested"],
         row["lease_token"], _when(row["lease_expires_at"]),

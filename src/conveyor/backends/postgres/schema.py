@@ -16,12 +16,17 @@ from __future__ import annotations
 import functools
 import hashlib
 from importlib import resources
+from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from conveyor.errors import BackendError
 
-__all__ = ["VERSION", "channels", "migrate", "render", "schema_version"]
+__all__ = ["VERSION", "Conn", "channels", "migrate", "render", "schema_version"]
+
+#: a connection of its own, or one lent by the pool
+Conn = asyncpg.Connection | PoolConnectionProxy[Any]
 
 
 def channels(schema: str) -> tuple[str, str]:
@@ -61,7 +66,7 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def schema_version(conn: asyncpg.Connection, schema: str) -> int:
+async def schema_version(conn: Conn, schema: str) -> int:
     """The version ``schema`` is at: 0 when conveyor's tables are not there yet."""
     exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".migrations')
     if not exists:
@@ -71,7 +76,7 @@ async def schema_version(conn: asyncpg.Connection, schema: str) -> int:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, schema: str) -> tuple[int, int]:
+async def migrate(conn: Conn, schema: str) -> tuple[int, int]:
     """Create or upgrade ``schema`` to :data:`VERSION`; return (version before, version after).
 
     ``conn`` must not be in a transaction: this runs one of its own.

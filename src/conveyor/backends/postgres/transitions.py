@@ -13,7 +13,7 @@ from typing import Any
 
 from conveyor.backends.base import Ack, Lease, worker_lost
 from conveyor.backends.postgres.core import PostgresCore
-from conveyor.backends.postgres.records import COLUMNS, record, record_from_json
+from conveyor.backends.postgres.records import COLUMNS, Row, record, record_from_json
 from conveyor.errors import BackendError, PayloadTooLarge
 from conveyor.model import ErrorInfo, JobRecord, JobStatus
 from conveyor.serde import dump_json
@@ -30,7 +30,7 @@ _RECOVER_BATCH = 1000
 #: Runs one statement on a connection and returns its rows (each indexable by position):
 #: ``await fetch(sql, params)``. The SQL uses ``$1, $2, ...`` placeholders (asyncpg's style),
 #: each once and in order, so a driver with ``%s`` placeholders can swap them one for one.
-Fetch = Callable[[str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
+Fetch = Callable[[str, Sequence[Any]], Awaitable[Sequence[Row]]]
 
 
 def enqueue_sql(schema: str) -> str:
@@ -100,7 +100,7 @@ async def enqueue_on(fetch: Fetch, schema: str, jobs: Sequence[JobRecord]) -> li
 class TransitionVerbs(PostgresCore):
     """enqueue, complete, fail, release, cancel, retry, recover, progress."""
 
-    async def _fetch(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> Sequence[Row]:
         return await self.db.fetch("enqueue", sql, *params)
 
     async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
