@@ -16,17 +16,18 @@ from __future__ import annotations
 import functools
 import hashlib
 from importlib import resources
-from typing import Any
-
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BackendError
 
-__all__ = ["VERSION", "Conn", "channels", "migrate", "render", "schema_version"]
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
 
-#: a connection of its own, or one lent by the pool
-Conn = asyncpg.Connection | PoolConnectionProxy[Any]
+    #: a connection of its own, or one lent by the pool
+    Conn = asyncpg.Connection | PoolConnectionProxy[Any]
+
+__all__ = ["VERSION", "channels", "migrate", "render", "schema_version"]
 
 
 def channels(schema: str) -> tuple[str, str]:
