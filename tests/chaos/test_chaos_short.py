@@ -48,7 +48,7 @@ async def test_chaos_short_profile_breaks_no_promise(backend: str) -> None:
     if not report.violations:
         shutil.rmtree(directory, ignore_errors=True)
     assert report.jobs > 100, summary
-    assert report.kills + report.stops + report.terms + report.redis_restarts > 4, summary
+    assert report.kills + report.stops + report.terms + report.server_restarts > 4, summary
     assert not report.violations, summary + "\n" + "\n".join(report.violations[:30])
 
 

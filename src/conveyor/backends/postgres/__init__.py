@@ -15,7 +15,7 @@ transaction pooling mode) workers poll instead.
 
 URL: ``postgresql://user:password@host:port/database`` (or ``postgres://``), with conveyor's
 query options ``schema`` (default ``conveyor``), ``listen`` (default true), ``poll`` (seconds,
-default 0.5), ``pool_min``/``pool_max`` (default 1/10); other options go to asyncpg
+default 0.5), ``pool_min``/``pool_max`` (default 0/10); other options go to asyncpg
 (``sslmode``, ...). The schema is created and upgraded on first use, or by ``conveyor migrate``.
 
 Modules: :mod:`.options` (the URL), :mod:`.connection` (the pool, driver errors), :mod:`.schema`

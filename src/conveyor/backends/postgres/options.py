@@ -23,14 +23,15 @@ class PgOptions:
     LISTEN/NOTIFY (False: poll every ``poll`` seconds, for PgBouncer in transaction pooling
     mode, which does not carry LISTEN; also no server-side prepared statements then).
     ``poll``: how often idle workers look for work while they cannot be woken (no listener, or
-    it is reconnecting). ``pool_min``/``pool_max``: connections kept in the pool.
+    it is reconnecting). ``pool_min``/``pool_max``: connections the pool keeps at least (0:
+    opened on demand, closed after 5 idle minutes) and opens at most.
     """
 
     dsn: str  # for the driver: the URL without conveyor's options
     schema: str = "conveyor"
     listen: bool = True
     poll: float = 0.5
-    pool_min: int = 1
+    pool_min: int = 0
     pool_max: int = 10
 
 
@@ -65,7 +66,7 @@ def parse_url(url: str, safe_url: str) -> PgOptions:
     listen_text = ours.get("listen", "true").lower()
     if listen_text not in _TRUE:
         raise ConfigError(f"postgresql URL option listen={listen_text!r} must be true or false")
-    pool_min = int(_number("pool_min", ours.get("pool_min", "1"), 0, 1000))
+    pool_min = int(_number("pool_min", ours.get("pool_min", "0"), 0, 1000))
     pool_max = int(_number("pool_max", ours.get("pool_max", "10"), 1, 1000))
     if pool_min > pool_max:
         raise ConfigError("postgresql URL options: pool_min must not exceed pool_max")
