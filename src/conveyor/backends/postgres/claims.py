@@ -69,9 +69,7 @@ class ClaimVerbs(PostgresCore):
             return  # woken while the last claim ran: look again
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        due = await self.db.fetchval(
-            "next_due", f"SELECT {self.s}.next_due($1)", list(queues)
-        )
+        due = await self.db.fetchval("next_due", f"SELECT {self.s}.next_due($1)", list(queues))
         wait = deadline - loop.time()
         if due is not None:
             wait = min(wait, max(0.0, float(due)))

@@ -11,7 +11,7 @@ CREATE FUNCTION @s@.enqueue(
     p_timeouts double precision[], p_enqueued_at timestamptz[], p_scheduled_for timestamptz[],
     p_retries text[], p_supersede boolean[]
 ) RETURNS TABLE (o_ord integer, o_id text, o_status text, o_existing boolean, o_record text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     v_n integer := coalesce(cardinality(p_ids), 0);
@@ -19,6 +19,7 @@ DECLARE
     v_ids text[];
     v_sts text[];
     v_stored integer := 0;
+    v_special boolean;
     v_tries integer;
     a_id text[];
     a_seq integer[];
@@ -33,7 +34,11 @@ BEGIN
     END IF;
     -- enqueue order: positions drawn in batch order
     v_pos := ARRAY(SELECT nextval('@s@.job_pos') FROM generate_series(1, v_n));
-    PERFORM @s@.lock_lanes(p_queues, p_keys);
+    v_special := EXISTS (SELECT 1 FROM unnest(p_keys, p_uniques) AS u(k, q)
+                         WHERE u.k IS NOT NULL OR u.q IS NOT NULL);
+    IF v_special THEN
+        PERFORM @s@.lock_lanes(p_queues, p_keys);
+    END IF;
 
     -- jobs with neither key nor unique value: one statement for all of them
     WITH ins AS (
@@ -80,7 +85,7 @@ BEGIN
                     p_supersede)
              WITH ORDINALITY AS u(id, task, queue, args, kwargs, prio, key, uniq, maxa, tmo, enq,
                                   sched, retry, supersede, i)
-        WHERE u.key IS NOT NULL OR u.uniq IS NOT NULL
+        WHERE v_special AND (u.key IS NOT NULL OR u.uniq IS NOT NULL)
         ORDER BY u.i
     LOOP
         o_ord := r.i;

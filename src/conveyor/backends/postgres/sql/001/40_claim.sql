@@ -6,7 +6,7 @@
 CREATE FUNCTION @s@.claim(p_queues text[], p_worker text, p_limit integer,
                           p_lease double precision)
 RETURNS SETOF @s@.jobs
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
 BEGIN
@@ -60,10 +60,12 @@ $$;
 -- Seconds (by the server's clock) until the next scheduled lane head of p_queues is due, or
 -- NULL when none waits: an idle worker sleeps that long unless woken first.
 CREATE FUNCTION @s@.next_due(p_queues text[]) RETURNS double precision
-LANGUAGE sql STABLE AS $$
-    SELECT extract(epoch FROM min(d.at) - clock_timestamp())::double precision
-    FROM (SELECT (SELECT min(j.run_at) FROM @s@.jobs j
-                  WHERE j.queue = q.name AND j.status = 'scheduled' AND NOT j.blocked
-                    AND NOT j.due) AS at
-          FROM unnest(p_queues) AS q(name)) AS d
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN (SELECT extract(epoch FROM min(d.at) - clock_timestamp())::double precision
+            FROM (SELECT (SELECT min(j.run_at) FROM @s@.jobs j
+                          WHERE j.queue = q.name AND j.status = 'scheduled' AND NOT j.blocked
+                            AND NOT j.due) AS at
+                  FROM unnest(p_queues) AS q(name)) AS d);
+END
 $$;

@@ -6,7 +6,7 @@
 -- acks that were taken; an ack whose token is not the job's current one changes nothing.
 CREATE FUNCTION @s@.complete(p_ids text[], p_tokens text[], p_results text[])
 RETURNS SETOF integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     a_ord integer[];
@@ -51,7 +51,7 @@ $$;
 CREATE FUNCTION @s@.fail(p_id text, p_token text, p_error text, p_retry_at timestamptz,
                          p_final text)
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     r record;
@@ -88,7 +88,7 @@ $$;
 -- asked to cancel ends cancelled instead. Returns the places of the leases that were held.
 CREATE FUNCTION @s@.release(p_ids text[], p_tokens text[])
 RETURNS SETOF integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     a_ord integer[];
@@ -138,7 +138,7 @@ $$;
 -- Returns the record afterwards (nothing when there is no such job).
 CREATE FUNCTION @s@.cancel(p_id text, p_token text, p_error text)
 RETURNS SETOF @s@.jobs
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     r record;
@@ -184,7 +184,7 @@ $$;
 -- over. If an active job holds its unique value now, this one gives the value up.
 CREATE FUNCTION @s@.retry(p_id text)
 RETURNS SETOF @s@.jobs
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     r record;
@@ -234,7 +234,7 @@ $$;
 -- count deltas together, so stats() stays a read of a few rows.
 CREATE FUNCTION @s@.recover(p_max_lost integer, p_error text, p_batch integer)
 RETURNS SETOF text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
     v_ids text[];
@@ -303,7 +303,7 @@ $$;
 -- Delete up to p_batch finished jobs (and their events) that finished before p_before.
 CREATE FUNCTION @s@.purge(p_before timestamptz, p_batch integer)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_done integer;
 BEGIN
@@ -328,7 +328,7 @@ $$;
 -- Forget up to p_batch lanes untouched since p_before that hold no unfinished job.
 CREATE FUNCTION @s@.purge_lanes(p_before timestamptz, p_batch integer)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_done integer;
 BEGIN
