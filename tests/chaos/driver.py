@@ -6,9 +6,9 @@ random but reproducibly from ``profile.seed``: SIGKILLs a whole worker (or one s
 SIGSTOPs one and SIGCONTs it later (sometimes past its lease), sends SIGTERM, restarts what died,
 cancels and retries jobs by hand, and (Redis, PostgreSQL) stops or kills the server and starts it
 again on the same files (Redis: its append-only file; PostgreSQL: a cluster of the run's own, made
-by initdb on a free port, never the machine's shared server). Everything it does is written to the driver log; the tasks write their own
-journal. Then it drains (clean workers until every job is final) and hands both logs and the final
-store to the checker.
+by initdb on a free port, never the machine's shared server). Everything it does is written to
+the driver log; the tasks write their own journal. Then it drains (clean workers until every job
+is final) and hands both logs and the final store to the checker.
 """
 
 from __future__ import annotations
