@@ -1,9 +1,9 @@
 """The short chaos profile, run by ``make test``: no promise broken under kills, stops and restarts.
 
 ``make chaos`` runs the long profile (``python -m tests.chaos``); this one runs about 25 s of chaos
-per backend (PostgreSQL on a cluster of its own, restarted under load) (``python -m tests.chaos --short`` runs the same). The ingredients that break a defect
-known when it was written (issue 7) were left out there until their fixes were merged; one
-remains:
+per backend (``python -m tests.chaos --short`` runs the same; PostgreSQL on a cluster of its own,
+restarted under load). The ingredients that break a defect known when it was written (issue 7) were
+left out there until their fixes were merged; one remains:
 
 - Redis only, ``kill_rate=0, stop_rate=0``: Redis hands a job to an idle worker that was just killed
   or stopped, so the job waits a lease and loses an attempt, and a stopped worker runs the job it
