@@ -19,6 +19,7 @@ import pytest
 from postgres_server import ThrowawayDatabase
 
 from conveyor import Queue
+from conveyor.backends.base import Ack
 from conveyor.backends.postgres import PostgresBackend, enqueue_on
 from conveyor.backends.postgres.schema import VERSION
 from conveyor.backends.postgres.transitions import MAX_ENQUEUE_JOBS
@@ -236,3 +237,37 @@ async def test_more_than_max_enqueue_jobs_in_one_call_is_refused(queue: Queue) -
     with pytest.raises(PayloadTooLarge, match="split the batch"):
         await queue.enqueue_many([echo.prepare(i) for i in range(MAX_ENQUEUE_JOBS + 1)])
     assert (await queue.stats())["queued"] == 0
+
+
+async def test_a_repeatable_read_enqueue_to_a_lane_that_moved_on_fails_instead_of_sticking(
+    queue: Queue, postgres_database: ThrowawayDatabase
+) -> None:
+    """REPEATABLE READ: the lane's head finished after the snapshot, so enqueue_on to that lane
+    raises a serialization failure (retry the transaction) rather than store a job blocked forever."""
+    backend = _backend(queue)
+    await queue.tasks["echo"].options(key="k").enqueue(1)
+    (head,) = await backend.claim(["default"], "w", 1, 30.0)
+    assert head.lease_token is not None
+    conn = await _server(postgres_database)
+
+    async def fetch(sql: str, params: Any) -> Any:
+        return await conn.fetch(sql, *params)
+
+    try:
+        tx = conn.transaction(isolation="repeatable_read")
+        await tx.start()
+        # the snapshot is taken here: the lane's head is running
+        await conn.fetchval(f"SELECT status FROM {backend.s}.jobs WHERE id = $1", head.id)
+        assert await backend.complete([Ack(head.id, head.lease_token, 1)]) == [True]
+        with pytest.raises(asyncpg.SerializationError):
+            await enqueue_on(fetch, backend.schema, [JobRecord(id=new_id(), task="echo", key="k")])
+        await tx.rollback()
+        # the same enqueue, retried in a fresh transaction, finds the lane free
+        async with conn.transaction(isolation="repeatable_read"):
+            (stored,) = await enqueue_on(
+                fetch, backend.schema, [JobRecord(id=new_id(), task="echo", key="k")]
+            )
+        (again,) = await backend.claim(["default"], "w", 1, 30.0)
+        assert again.id == stored.id
+    finally:
+        await conn.close()
