@@ -31,7 +31,8 @@ BEGIN
 END
 $$;
 
--- Unblock the head (earliest unfinished job) of each lane; wake workers for a queued one.
+-- Unblock the head (earliest unfinished job) of each lane; wake workers (a scheduled head too:
+-- idle workers then look again when it is due).
 -- The caller holds the lanes' locks and has already written the change that freed them.
 CREATE FUNCTION @s@.handoff(p_queues text[], p_keys text[]) RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -51,7 +52,7 @@ BEGIN
         RETURNING j.queue, j.status
     )
     SELECT count(pg_notify(@wake@, f.queue)) INTO v_woken
-    FROM (SELECT DISTINCT freed.queue FROM freed WHERE freed.status = 'queued') AS f;
+    FROM (SELECT DISTINCT freed.queue FROM freed) AS f;
 END
 $$;
 

@@ -75,7 +75,8 @@ BEGIN
     PERFORM @s@.status_events(ARRAY[p_id], ARRAY[r.last_event], ARRAY[r.status::text],
                               ARRAY[r.attempts], v_now, ',"error":' || p_error);
     PERFORM @s@.count_moves(ARRAY[r.queue::text], ARRAY['running'], ARRAY[r.status::text]);
-    IF r.status = 'queued' THEN
+    IF r.status IN ('queued', 'scheduled') THEN
+        -- waiting workers look again (a scheduled retry: when it is due)
         PERFORM pg_notify(@wake@, r.queue);
     ELSIF r.status IN ('failed', 'dead', 'cancelled') AND r.key IS NOT NULL THEN
         PERFORM @s@.handoff(ARRAY[r.queue::text], ARRAY[r.key::text]);
