@@ -306,23 +306,27 @@ CREATE FUNCTION @s@.purge(p_before timestamptz, p_batch integer)
 RETURNS integer
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_done integer;
+    v_ids text[];
 BEGIN
+    -- ids as arrays, rows reached by primary key: a join with a subquery could be planned
+    -- (generic plans know no sizes) as a scan of the whole table
     WITH gone AS (
-        DELETE FROM @s@.jobs WHERE id IN (
+        DELETE FROM @s@.jobs WHERE id = ANY(ARRAY(
             SELECT j.id FROM @s@.jobs j
             WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'dead')
               AND j.finished_at < p_before
-            ORDER BY j.finished_at LIMIT p_batch FOR UPDATE SKIP LOCKED)
+            ORDER BY j.finished_at LIMIT p_batch FOR UPDATE SKIP LOCKED))
         RETURNING id, queue, status
-    ), ev AS (
-        DELETE FROM @s@.events WHERE job_id IN (SELECT gone.id FROM gone)
     ), cnt AS (
         INSERT INTO @s@.counts (queue, status, n)
         SELECT gone.queue, gone.status, -count(*) FROM gone GROUP BY gone.queue, gone.status
     )
-    SELECT count(*) INTO v_done FROM gone;
-    RETURN v_done;
+    SELECT array_agg(gone.id) INTO v_ids FROM gone;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM @s@.events WHERE job_id = ANY(v_ids);
+    RETURN cardinality(v_ids);
 END
 $$;
 
@@ -334,12 +338,12 @@ DECLARE
     v_done integer;
 BEGIN
     WITH gone AS (
-        DELETE FROM @s@.lanes l WHERE (l.queue, l.key) IN (
-            SELECT o.queue, o.key FROM @s@.lanes o
+        DELETE FROM @s@.lanes l WHERE l.ctid = ANY(ARRAY(
+            SELECT o.ctid FROM @s@.lanes o
             WHERE o.touched_at < p_before
               AND NOT EXISTS (SELECT 1 FROM @s@.jobs j WHERE j.queue = o.queue AND j.key = o.key
                                 AND j.status IN ('queued', 'scheduled', 'running'))
-            LIMIT p_batch FOR UPDATE SKIP LOCKED)
+            LIMIT p_batch FOR UPDATE SKIP LOCKED))
         RETURNING 1
     )
     SELECT count(*) INTO v_done FROM gone;
