@@ -18,7 +18,15 @@ from conveyor.errors import BackendError, PayloadTooLarge
 from conveyor.model import ErrorInfo, JobRecord, JobStatus
 from conveyor.serde import dump_json
 
-__all__ = ["MAX_ENQUEUE_BYTES", "MAX_ENQUEUE_JOBS", "Fetch", "TransitionVerbs", "enqueue_on"]
+__all__ = [
+    "MAX_ENQUEUE_BYTES",
+    "MAX_ENQUEUE_JOBS",
+    "Fetch",
+    "TransitionVerbs",
+    "enqueue_on",
+    "enqueue_params",
+    "enqueue_sql",
+]
 
 #: jobs one enqueue takes at most: one call is one transaction that holds its lanes' locks
 #: until it ends (the same limit as Redis; bigger batches are refused, never split)
@@ -34,7 +42,11 @@ Fetch = Callable[[str, Sequence[Any]], Awaitable[Sequence[Row]]]
 
 
 def enqueue_sql(schema: str) -> str:
-    """The statement that stores a batch in ``schema`` (parameters: :func:`_params`)."""
+    """The statement that stores a batch in ``schema`` (parameters: :func:`enqueue_params`).
+
+    It answers one row per job (its place from 1, the answering id and status, whether that
+    record existed, and then its JSON), in no particular order: :func:`enqueue_on` reads them.
+    """
     return (
         f'SELECT o_ord, o_id, o_status, o_existing, o_record FROM "{schema}".enqueue('
         "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::text[], "
@@ -43,7 +55,7 @@ def enqueue_sql(schema: str) -> str:
     )
 
 
-def _params(jobs: Sequence[JobRecord]) -> tuple[list[Any], ...]:
+def enqueue_params(jobs: Sequence[JobRecord]) -> tuple[list[Any], ...]:
     """The enqueue statement's 14 array parameters for ``jobs``; PayloadTooLarge past the limits."""
     if len(jobs) > MAX_ENQUEUE_JOBS:
         raise PayloadTooLarge(
@@ -82,7 +94,7 @@ async def enqueue_on(fetch: Fetch, schema: str, jobs: Sequence[JobRecord]) -> li
     for i, job in enumerate(jobs):
         firsts.setdefault(job.id, i)
     distinct = [job for i, job in enumerate(jobs) if firsts[job.id] == i]
-    rows = await fetch(enqueue_sql(schema), _params(distinct))
+    rows = await fetch(enqueue_sql(schema), enqueue_params(distinct))
     answers = {int(row[0]) - 1: (row[1], row[2], row[4]) for row in rows}
     if len(answers) != len(distinct) or any(a[0] is None for a in answers.values()):
         raise BackendError("postgresql enqueue: the store did not answer for every job")
