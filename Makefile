@@ -59,7 +59,7 @@ test: venv e2e-deps ## lint, type-check, then the test suite; fails on the first
 CHAOS_SECONDS ?= 300
 CHAOS_SEED ?=
 
-chaos: venv ## workers SIGKILLed/stopped/restarted on SQLite and Redis, every promise checked (CHAOS_SECONDS=300 each, CHAOS_SEED=)
+chaos: venv ## workers SIGKILLed/stopped/restarted on SQLite, Redis, PostgreSQL; every promise checked (CHAOS_SECONDS=300 each, CHAOS_SEED=)
 	$(BIN)/python -m tests.chaos --seconds $(CHAOS_SECONDS) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 demo: venv ## the FastAPI demo on SQLite: app + dashboard served, driven for you; exits by itself
@@ -68,7 +68,7 @@ demo: venv ## the FastAPI demo on SQLite: app + dashboard served, driven for you
 demo-worker: venv ## jobs of every kind on an embedded SQLite file, run by an in-process worker
 	$(BIN)/python examples/demo.py
 
-bench: venv ## SQLite and Redis throughput and latency; saves benchmarks/results/<time>.json
+bench: venv ## SQLite, Redis and PostgreSQL throughput and latency; saves benchmarks/results/<time>.json
 	$(BIN)/python benchmarks/run.py
 
 BENCH_VENV := .venv-bench

@@ -118,9 +118,19 @@ def redis_target() -> Target | None:
     return Target("redis", "Redis, a local redis-server (AOF off)", fresh_redis)
 
 
+def postgres_target() -> Target | None:
+    """A throwaway database on the local PostgreSQL (benchmarks/postgres_bench.py); None without one."""
+    from benchmarks.postgres_bench import fresh_postgres, postgres_reachable
+
+    if not postgres_reachable():
+        return None
+    return Target("postgresql", "PostgreSQL, the local server (a database of its own)", fresh_postgres)
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
-    for t in (sqlite_target("full", goals=True), sqlite_target("normal"), redis_target())
+    for t in (sqlite_target("full", goals=True), sqlite_target("normal"), redis_target(),
+              postgres_target())
     if t is not None
 }
 

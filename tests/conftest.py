@@ -31,7 +31,9 @@ try:  # the package may not be installed into the venv yet; test the source tree
 except ImportError:  # pragma: no cover - depends on how the venv was made
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from redis_server import RedisServer, redis_server_binary  # tests/ is on sys.path
+from postgres_server import DEFAULT_URL as POSTGRES_URL  # tests/ is on sys.path
+from postgres_server import ThrowawayDatabase
+from redis_server import RedisServer, redis_server_binary
 from waiting import wait_until
 
 if TYPE_CHECKING:
@@ -80,11 +82,17 @@ def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.url(prefix=f"test-{uuid.uuid4().hex[:12]}")  # own key prefix per test
 
 
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    database: ThrowawayDatabase = request.getfixturevalue("postgres_database")
+    return database.schema_url()  # own schema per test, in the session's throwaway database
+
+
 #: every backend the conformance suite runs against; add a server backend with one factory
 BACKENDS: dict[str, BackendFactory] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
+    "postgresql": _postgresql,
 }
 
 
@@ -103,8 +111,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[ThrowawayDatabase]:
+    """A throwaway database on the local PostgreSQL server for the whole session, dropped after.
+
+    The server is ``$CONVEYOR_TEST_POSTGRES_URL`` (default: 127.0.0.1:5432, user postgres);
+    skips, loudly, when nothing answers there, except under ``CI=true``: there it fails.
+    """
+    base = require_server("CONVEYOR_TEST_POSTGRES_URL", POSTGRES_URL)
+    with ThrowawayDatabase(base) as database:
+        yield database
+
+
 #: backends whose jobs survive closing and reopening the store (see ``QueueFactory.durable``)
-DURABLE = {"sqlite", "redis", "postgres"}
+DURABLE = {"sqlite", "redis", "postgresql"}
 
 
 class QueueFactory:

@@ -333,6 +333,35 @@ def stats(target: AppArg) -> None:
     console.print(table)
 
 
+@app.command()
+def migrate(
+    url: Annotated[str, typer.Argument(help="The backend URL, e.g. postgresql://host/db?schema=conveyor.")],
+) -> None:
+    """Create or upgrade the backend's schema (idempotent; safe while workers start).
+
+    Every backend does this on first use too; running it at deploy time keeps the upgrade out
+    of the workers' start.
+    """
+    from conveyor.backends import open_backend
+
+    async def go() -> str:
+        backend = open_backend(url)
+        upgrade = getattr(backend, "migrate", None)
+        if upgrade is not None:
+            before, after = await upgrade()
+            if before == after:
+                return f"{backend.safe_url}: schema at version {after}, nothing to do"
+            return f"{backend.safe_url}: schema migrated from version {before} to {after}"
+        await backend.open()  # the engine creates or upgrades what it needs when it opens
+        await backend.close()
+        return f"{backend.safe_url}: ready"
+
+    try:
+        console.print(asyncio.run(go()))
+    except ConveyorError as exc:
+        raise _fail(exc) from None
+
+
 def main() -> None:
     """Entry point of the ``conveyor`` script."""
     app()

@@ -71,7 +71,7 @@ class Report:
     kills: int = 0
     stops: int = 0
     terms: int = 0
-    redis_restarts: int = 0
+    server_restarts: int = 0
     crashes: int = 0
     duplicates: int = 0
     interrupted: int = 0
@@ -120,7 +120,7 @@ def check(
     rep.kills = len(kills)
     rep.stops = sum(e["ev"] == "stop" for e in events)
     rep.terms = sum(e["ev"] == "term" and not e.get("drain") for e in events)
-    rep.redis_restarts = sum(e["ev"] == "redis_down" for e in events)
+    rep.server_restarts = sum(e["ev"] == "server_down" for e in events)
     rep.crashes = sum(e["ev"] == "exit" and not e["expected"] for e in events)
     cancels: dict[str, list[dict[str, Any]]] = defaultdict(list)
     retried: dict[str, list[float]] = defaultdict(list)  # job -> times a retry by hand took effect
@@ -141,11 +141,11 @@ def check(
         if e["opts"].get("supersede"):
             supersede_at[e["args"]["lane"]].append(i)
     stops = _stop_spans(events)
-    outages: list[tuple[float, float]] = []  # when Redis was down
+    outages: list[tuple[float, float]] = []  # when the server (Redis, PostgreSQL) was down
     for e in events:
-        if e["ev"] == "redis_down":
+        if e["ev"] == "server_down":
             outages.append((e["t_sent"], float("inf")))
-        elif e["ev"] == "redis_up" and outages:
+        elif e["ev"] == "server_up" and outages:
             outages[-1] = (outages[-1][0], e["t"])
     # SQLite has one writer: a process stopped while it holds the write lock stops every worker's
     # renewals and acknowledgements with it, so there any stop may cost any execution its lease
@@ -193,7 +193,7 @@ def check(
         )
 
     def chaos_between(t0: float, t1: float) -> int:
-        """How many signals or Redis outages in [t0, t1] could have cost a claimed job its run.
+        """How many signals or server outages in [t0, t1] could have cost a claimed job its run.
 
         A worker stopped all along cannot have claimed anything in the window, so its signals
         do not count.
@@ -306,7 +306,7 @@ def check(
             before = [j for j in range(i) if epoch(job_id, exs[j].start.mono) == era]
             # every claim counts an attempt, also one whose worker died before the task started
             # (a lost lease gives none back): attempt numbers the journal never saw are claims
-            # lost, and each needs a kill, stop, SIGTERM or Redis restart to explain it
+            # lost, and each needs a kill, stop, SIGTERM or server restart to explain it
             since = max([enqueued["t0"], *(r for r in retried.get(job_id, []) if r < ex.start.mono)]
                         + [exs[j].start.mono for j in before])
             skipped = ex.start.attempt - 1 - (exs[before[-1]].start.attempt if before else 0)

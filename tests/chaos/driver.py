@@ -4,10 +4,11 @@ One :class:`ChaosRun` per backend. It starts a few ``conveyor worker`` processes
 supervising two worker processes), enqueues a mix of jobs for ``profile.seconds``, and meanwhile, at
 random but reproducibly from ``profile.seed``: SIGKILLs a whole worker (or one supervised process),
 SIGSTOPs one and SIGCONTs it later (sometimes past its lease), sends SIGTERM, restarts what died,
-cancels and retries jobs by hand, and (Redis) stops or kills the server and starts it again on the
-same append-only file. Everything it does is written to the driver log; the tasks write their own
-journal. Then it drains (clean workers until every job is final) and hands both logs and the final
-store to the checker.
+cancels and retries jobs by hand, and (Redis, PostgreSQL) stops or kills the server and starts it
+again on the same files (Redis: its append-only file; PostgreSQL: a cluster of the run's own, made
+by initdb on a free port, never the machine's shared server). Everything it does is written to
+the driver log; the tasks write their own journal. Then it drains (clean workers until every job
+is final) and hands both logs and the final store to the checker.
 """
 
 from __future__ import annotations
@@ -42,11 +43,34 @@ TICK = 0.05
 CALL_TIMEOUT = 5.0
 
 
-def _redis_server_class() -> Any:
+def _test_helper(module: str, name: str) -> Any:
+    """A class of tests/<module>.py (the throwaway servers)."""
     tests_dir = str(REPO / "tests")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
-    return importlib.import_module("redis_server").RedisServer
+    return getattr(importlib.import_module(module), name)
+
+
+class _Cluster:
+    """A PostgreSQL cluster of the run's own, with the restart verbs the driver uses."""
+
+    def __init__(self, directory: Path) -> None:
+        self.cluster = _test_helper("pg_cluster", "PostgresCluster")(directory)
+
+    def start(self) -> None:
+        self.cluster.start()
+
+    def url(self) -> str:
+        return str(self.cluster.url(schema="chaos"))
+
+    def kill(self, _signum: int) -> None:
+        self.cluster.crash()  # every server process at once, no checkpoint: recovery at start
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def destroy(self) -> None:
+        self.cluster.destroy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +87,8 @@ class Profile:
     term_rate: float = 0.15
     cancel_rate: float = 1.5
     retry_rate: float = 1.0
-    redis_restart_rate: float = 0.07
+    #: Redis and PostgreSQL: how often the server is stopped (or killed) and started again
+    server_restart_rate: float = 0.07
     #: `def` attempts that sleep past their timeout, and cancels of `def` jobs, which keep running
     #: their thread (they ignore ctx) while the worker frees their lane (issue 7, defect 4)
     def_hang: bool = True
@@ -80,7 +105,7 @@ class ChaosRun:
     """One backend's chaos run in ``directory``: ``await run()`` leaves logs and the store there."""
 
     def __init__(self, backend: str, profile: Profile, directory: Path) -> None:
-        if backend not in ("sqlite", "redis"):
+        if backend not in ("sqlite", "redis", "postgresql"):
             raise ValueError(f"unknown backend {backend!r}")
         self.name = backend
         self.profile = profile
@@ -89,8 +114,8 @@ class ChaosRun:
         self.journal = directory / "journal.log"
         self.driver_log = directory / "driver.log"
         self.store_dump = directory / "store.json"
-        self.redis: Any = None
-        self.redis_down_until: float | None = None
+        self.server: Any = None  # Redis or PostgreSQL: a server of the run's own
+        self.server_down_until: float | None = None
         self.url = ""
         self.store: Backend | None = None
         self.sessions: list[WorkerSession | None] = []
@@ -113,9 +138,13 @@ class ChaosRun:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log("profile", backend=self.name, **asdict(self.profile))
         if self.name == "redis":
-            self.redis = _redis_server_class()(self.dir / "redis", aof=True)
-            self.redis.start()
-            self.url = self.redis.url()
+            self.server = _test_helper("redis_server", "RedisServer")(self.dir / "redis", aof=True)
+            self.server.start()
+            self.url = self.server.url()
+        elif self.name == "postgresql":
+            self.server = _Cluster(self.dir / "postgres")
+            self.server.start()
+            self.url = self.server.url()
         else:
             self.url = f"sqlite:///{self.dir / 'chaos.db'}"
         self.store = open_backend(self.url)
@@ -134,8 +163,10 @@ class ChaosRun:
                     session.kill()
             with contextlib.suppress(Exception):
                 await self.store.close()
-            if self.redis is not None:
-                self.redis.stop()
+            if isinstance(self.server, _Cluster):
+                self.server.destroy()
+            elif self.server is not None:
+                self.server.stop()
 
     def _start_worker(self, slot: int, *, clean: bool = False) -> WorkerSession:
         processes = 2 if slot == 0 and not clean else 1
@@ -169,9 +200,9 @@ class ChaosRun:
                 await self._cancel()
             if self.rng.random() < p.retry_rate * TICK:
                 await self._retry()
-            if self.redis is not None:
-                self._maybe(p.redis_restart_rate, self._redis_down)
-                self._redis_up_if_due()
+            if self.server is not None:
+                self._maybe(p.server_restart_rate, self._server_down)
+                self._server_up_if_due()
             self._tend_workers()
             await asyncio.sleep(TICK)
 
@@ -218,7 +249,7 @@ class ChaosRun:
         t0 = time.monotonic()
         try:
             (stored,) = await self._call(self.store.enqueue([record]))
-        except Exception as exc:  # a stopped Redis: not accepted (it may still be stored)
+        except Exception as exc:  # a stopped server: not accepted (it may still be stored)
             self.log("enqueue", t0=t0, id=record.id, task=task, args=args, opts=shown,
                      accepted=False, error=f"{type(exc).__name__}: {exc}"[:200])
             return
@@ -354,32 +385,36 @@ class ChaosRun:
                 self.sessions[slot] = None
                 self.restart_at[slot] = now + self.rng.uniform(0.2, 1.5)
 
-    def _redis_down(self) -> None:
-        if self.redis_down_until is not None:
+    def _server_down(self) -> None:
+        if self.server_down_until is not None:
             return
+        # a crash (Redis: SIGKILL; PostgreSQL: every process at once, no checkpoint) or a
+        # clean stop (SIGTERM; PostgreSQL's fast shutdown)
         how = "SIGKILL" if self.rng.random() < 0.4 else "SIGTERM"
         t = time.monotonic()
         if how == "SIGKILL":
-            self.redis.kill(signal.SIGKILL)
+            self.server.kill(signal.SIGKILL)
         else:
-            self.redis.stop()
-        self.redis_down_until = time.monotonic() + self.rng.uniform(0.3, 1.5)
-        self.log("redis_down", t_sent=t, how=how)
+            self.server.stop()
+        self.server_down_until = time.monotonic() + self.rng.uniform(0.3, 1.5)
+        self.log("server_down", t_sent=t, how=how)
 
-    def _redis_up_if_due(self, force: bool = False) -> None:
-        if self.redis_down_until is None or (not force and time.monotonic() < self.redis_down_until):
+    def _server_up_if_due(self, force: bool = False) -> None:
+        if self.server_down_until is None or (
+            not force and time.monotonic() < self.server_down_until
+        ):
             return
-        self.redis.start()
-        self.redis_down_until = None
-        self.log("redis_up")
+        self.server.start()
+        self.server_down_until = None
+        self.log("server_up")
 
     # -- draining ----------------------------------------------------------------------------
     async def _drain(self) -> None:
         """End the chaos, then let clean workers bring every job to a final status."""
         assert self.store is not None
         self.log("chaos_end")
-        if self.redis is not None:
-            self._redis_up_if_due(force=True)
+        if self.server is not None:
+            self._server_up_if_due(force=True)
         for slot, session in enumerate(self.sessions):
             if session is None:
                 continue

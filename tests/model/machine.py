@@ -56,6 +56,7 @@ KNOWN_BAD: dict[str, set[str]] = {
     # than DUE_AT_ONCE jobs with a short delay (due together) in the store
     "redis": {"over-1000-due"},
     "sqlite": {"over-1000-due"},
+    "postgresql": {"over-1000-due"},
 }
 DUE_AT_ONCE = 900
 

@@ -84,7 +84,9 @@ DUE_PROMOTION = (
 
 
 @pytest.mark.parametrize(
-    "store", _on({"redis": DUE_PROMOTION, "sqlite": DUE_PROMOTION}), indirect=True
+    "store",
+    _on({"redis": DUE_PROMOTION, "sqlite": DUE_PROMOTION, "postgresql": DUE_PROMOTION}),
+    indirect=True,
 )
 async def test_claim_takes_the_highest_priority_among_many_due_jobs(store: Backend) -> None:
     """With over 1000 delayed jobs due at once, claim still takes the highest priority first."""
