@@ -63,7 +63,9 @@ class ClaimVerbs(PostgresCore):
         cancel = frozenset(row["id"] for row in rows if row["cancel_requested"])
         return RenewResult(frozenset(h.job_id for h in leases) - held, cancel)
 
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(
+        self, queues: Sequence[str], timeout: float, worker: str | None = None
+    ) -> None:
         """Wait for a NOTIFY on the wake channel, the next due job, or the poll interval."""
         if self._wake.count != self._claim_mark:
             return  # woken while the last claim ran: look again
