@@ -318,6 +318,7 @@ class Queue:
     def router(
         self, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
         tags: list[str] | None = None, heartbeat: float = 15.0, public: bool = False,
+        metrics: bool = False,
     ) -> APIRouter:
         """A FastAPI router over this queue's jobs: ``app.include_router(queue.router(), prefix="/jobs")``.
 
@@ -327,12 +328,13 @@ class Queue:
         and tracebacks are private data. Without them a warning is logged, unless ``public=True``
         says the router is open on purpose. ``heartbeat`` is the seconds between keep-alive
         comments on event streams. Cancel and retry (POST) need the header ``X-Conveyor: 1``.
+        ``metrics=True`` adds ``GET /metrics``, Prometheus text (``conveyor[prometheus]``).
         """
         from conveyor.fastapi.router import job_router
 
         return job_router(
             self, dashboard=dashboard, dependencies=dependencies, tags=tags, heartbeat=heartbeat,
-            public=public,
+            public=public, metrics=metrics,
         )
 
 
