@@ -46,6 +46,7 @@ from conveyor.model import ErrorInfo, JobRecord
 __all__ = ["OpenTelemetryMiddleware"]
 
 _SYSTEM = "conveyor"
+_NO_PARENT = otel_context.Context()  # extract into this: a job without trace context starts a trace
 _INTERRUPTED = {"cancel": "cancelled", "shutdown": "released", "lost": "lost"}
 
 
@@ -128,7 +129,7 @@ class OpenTelemetryMiddleware(Middleware):
     # -- attempts --------------------------------------------------------------------------
     def before_attempt(self, job: JobRecord, ctx: Context) -> None:
         # the producer's context, or a new trace (never the worker's own current context)
-        parent = propagate.extract(job.meta, context=otel_context.Context())
+        parent = propagate.extract(job.meta, context=_NO_PARENT)
         attrs = _job_attributes(job, "process")
         attrs["conveyor.attempt"] = job.attempts
         span = self.tracer.start_span(
