@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Queue
+from conveyor.errors import JobFailed
 from conveyor.otel import OpenTelemetryMiddleware
 
 from .apps import obs_app
@@ -60,6 +61,7 @@ async def test_every_worker_process_and_cpu_process_runs_the_lifespan_once(
         cpu_pid = await chatty_cpu.result(timeout=30)
     for got in results:
         assert got["state_pid"] == got["pid"] and got["meta"] == {"tenant": "t1"}
+    assert [got["cpu"] for got in results] == [False] * 12 + [True] * 2
     cpu_pids = {r["pid"] for r in results[-2:]}
     worker_pids = {r["pid"] for r in results[:-2]}
     starts = lines(task_log, "lifespan-start")
@@ -97,6 +99,22 @@ async def test_a_failing_start_up_stops_every_process_with_a_clear_error(
         assert "starting another" not in out
         assert await statuses(queue) == {"queued": 1}
         assert (await job.info()).attempts == 0
+
+
+async def test_a_cpu_process_whose_lifespan_fails_fails_its_job_and_the_worker_goes_on(
+    workers: Workers, db_url: str,
+) -> None:
+    """A lifespan that fails only in cpu processes: the cpu job fails with a StartupError naming
+    the cause, and the worker keeps running other jobs."""
+    workers.start(env={"OBS_FAIL_CPU_STARTUP": "1"}, app=APP)
+    async with obs_app.build(db_url) as queue:
+        doomed = await queue.tasks["where_cpu"].enqueue()
+        with pytest.raises(JobFailed) as failure:
+            await doomed.result(timeout=30)
+        assert failure.value.type == "conveyor.errors.StartupError"
+        assert "lifespan raised RuntimeError: the model file is missing" in failure.value.error["message"]
+        fine = await queue.tasks["where"].enqueue()
+        assert (await fine.result(timeout=30))["cpu"] is False
 
 
 async def test_metrics_of_two_processes_are_summed_in_one_scrape(

@@ -28,7 +28,14 @@ from typing import Any
 
 from conveyor.errors import ConfigError
 
-__all__ = ["child_main", "find_object"]
+__all__ = ["child_main", "find_object", "in_cpu_process"]
+
+_in_child: list[bool] = []  # one entry in a cpu process
+
+
+def in_cpu_process() -> bool:
+    """True in a ``cpu=True`` task's process (where a lifespan may set up less, or other things)."""
+    return bool(_in_child)
 
 #: seconds between two progress messages of a child (reports in between: the latest wins)
 _PROGRESS_WINDOW = 0.05
@@ -178,6 +185,7 @@ def child_main(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    _in_child.append(True)
     startup = startup or {}
 
     from conveyor.context import Context

@@ -1,9 +1,10 @@
 """The app of the observability tests' CLI workers: ``integration.apps.obs_app:queue``.
 
 Its store is ``$CONVEYOR_URL``. The queue has a lifespan that appends ``lifespan-start <pid>`` and
-``lifespan-stop <pid>`` to ``$ITEST_LOG`` and yields ``{"pid": <its process id>}`` (and raises
-when ``$OBS_FAIL_STARTUP`` is set). With ``$OBS_SPANS`` set, an OpenTelemetry middleware traces
-every attempt through the SDK and appends each finished span to that file as one JSON line.
+``lifespan-stop <pid>`` to ``$ITEST_LOG`` and yields ``{"pid": <its process id>, "cpu": <in a cpu
+process>}``; it raises when ``$OBS_FAIL_STARTUP`` is set, and in cpu processes when
+``$OBS_FAIL_CPU_STARTUP`` is. With ``$OBS_SPANS`` set, an OpenTelemetry middleware traces every
+attempt through the SDK and appends each finished span to that file as one JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from conveyor import Context, Queue, Retry, Settings
 from conveyor.middleware import Middleware
+from conveyor.worker import in_cpu_process
 
 log = logging.getLogger("obs.task")
 
@@ -38,8 +40,10 @@ async def lifespan(queue: Queue) -> AsyncIterator[dict[str, Any]]:
     """Note the start and the stop of this process's lifespan; fail if asked to."""
     if os.environ.get("OBS_FAIL_STARTUP"):
         raise RuntimeError("the database is unreachable")
+    if os.environ.get("OBS_FAIL_CPU_STARTUP") and in_cpu_process():
+        raise RuntimeError("the model file is missing")
     append(os.environ["ITEST_LOG"], f"lifespan-start {os.getpid()}")
-    yield {"pid": os.getpid()}
+    yield {"pid": os.getpid(), "cpu": in_cpu_process()}
     append(os.environ["ITEST_LOG"], f"lifespan-stop {os.getpid()}")
 
 
@@ -78,12 +82,14 @@ def build(url: str | None = None, middleware: Sequence[Middleware] = ()) -> Queu
     @q.task(name="where")
     async def where(ctx: Context) -> dict[str, Any]:
         """Where it ran, the lifespan state it saw, and its meta."""
-        return {"pid": os.getpid(), "state_pid": ctx.state["pid"], "meta": dict(ctx.meta)}
+        return {"pid": os.getpid(), "state_pid": ctx.state["pid"], "cpu": ctx.state["cpu"],
+                "meta": dict(ctx.meta)}
 
     @q.task(name="where_def")
     def where_def(ctx: Context) -> dict[str, Any]:
         """The same from a thread."""
-        return {"pid": os.getpid(), "state_pid": ctx.state["pid"], "meta": dict(ctx.meta)}
+        return {"pid": os.getpid(), "state_pid": ctx.state["pid"], "cpu": ctx.state["cpu"],
+                "meta": dict(ctx.meta)}
 
     q.task(name="where_cpu", cpu=True)(where_cpu)
     q.task(name="chatty_cpu", cpu=True)(chatty_cpu)
@@ -117,7 +123,8 @@ def build(url: str | None = None, middleware: Sequence[Middleware] = ()) -> Queu
 
 def where_cpu(ctx: Context) -> dict[str, Any]:
     """Where a cpu=True task ran, and the lifespan state of its process."""
-    return {"pid": os.getpid(), "state_pid": ctx.state["pid"], "meta": dict(ctx.meta)}
+    return {"pid": os.getpid(), "state_pid": ctx.state["pid"], "cpu": ctx.state["cpu"],
+                "meta": dict(ctx.meta)}
 
 
 def chatty_cpu(ctx: Context) -> int:
