@@ -360,10 +360,14 @@ async def run_all(targets: list[Target], names: list[str], p: Params, *,
                     raw.setdefault(k, []).append(round(v, 3))
         run.raw[target.name] = raw
         figures = run.results[target.name] = {k: round(statistics.median(v), 3) for k, v in raw.items()}
-        if figures.get("drain_jobs_per_s") and "drain_observed_jobs_per_s" in figures:
-            figures["drain_observed_ratio"] = round(
-                figures["drain_observed_jobs_per_s"] / figures["drain_jobs_per_s"], 3
-            )
+        pairs = list(zip(raw.get("drain_observed_jobs_per_s", []), raw.get("drain_jobs_per_s", []),
+                         strict=False))
+        if pairs:
+            # each round's two drains ran back to back: their ratio is far steadier on a busy
+            # machine than the ratio of two medians taken minutes apart
+            ratios = [observed / bare for observed, bare in pairs if bare]
+            raw["drain_observed_ratio"] = [round(r, 3) for r in ratios]
+            figures["drain_observed_ratio"] = round(statistics.median(ratios), 3)
     run.machine["load_after"] = os.getloadavg()[0]
     return run
 
