@@ -41,6 +41,7 @@ from benchmarks.bench_app import make_queue  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 APP = "benchmarks.bench_app:queue"
+OBSERVED_APP = "benchmarks.bench_observed:queue"  # the same, OpenTelemetry and Prometheus on
 # wide enough for the results table when the output is a file or a pipe
 console = Console() if sys.stdout.isatty() else Console(width=130)
 
@@ -68,18 +69,22 @@ class Goal:
     metric: str
     op: str  # ">=" or "<="
     value: float
+    targets: tuple[str, ...] = ()  # where it applies; none named: the targets with goals=True
 
     def met(self, got: float) -> bool:
         return got >= self.value if self.op == ">=" else got <= self.value
 
 
-GOALS = [Goal("drain_jobs_per_s", ">=", 5_000), Goal("pickup_p50_ms", "<=", 10.0)]
+GOALS = [Goal("drain_jobs_per_s", ">=", 5_000), Goal("pickup_p50_ms", "<=", 10.0),
+         Goal("drain_observed_ratio", ">=", 0.70, targets=("redis",))]
 
 # how each figure is shown, and whether more is better
 METRICS: dict[str, tuple[str, bool]] = {
     "enqueue_single_jobs_per_s": ("enqueue, one call per job (jobs/s)", True),
     "enqueue_batch_jobs_per_s": ("enqueue_many, batches of {batch_size} (jobs/s)", True),
     "drain_jobs_per_s": ("drain {jobs} no-op jobs, 1 worker process (jobs/s)", True),
+    "drain_observed_jobs_per_s": ("drain, OpenTelemetry + Prometheus middlewares on (jobs/s)", True),
+    "drain_observed_ratio": ("drain with both middlewares / bare drain", True),
     "pickup_p50_ms": ("pickup latency p50 (ms)", False),
     "pickup_p99_ms": ("pickup latency p99 (ms)", False),
 }
@@ -149,11 +154,11 @@ def _take_log(log: Path) -> str:
 
 @asynccontextmanager
 async def worker_process(
-    url: str, concurrency: int, params: Params
+    url: str, concurrency: int, params: Params, app: str = APP,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run ``python -m conveyor worker`` on ``url`` until the block ends; fail if it dies early."""
     log, fd = _new_log()
-    cmd = [*params.worker_prefix, sys.executable, "-m", "conveyor", "worker", APP,
+    cmd = [*params.worker_prefix, sys.executable, "-m", "conveyor", "worker", app,
            "--concurrency", str(concurrency), "--log-level", "warning"]
     env = {**os.environ, "CONVEYOR_URL": url}
     try:
@@ -218,13 +223,15 @@ async def measure_enqueue_batch(url: str, p: Params) -> dict[str, float]:
     return {"enqueue_batch_jobs_per_s": p.batched / elapsed}
 
 
-async def measure_drain(url: str, p: Params) -> dict[str, float]:
+async def measure_drain(url: str, p: Params, *, observed: bool = False) -> dict[str, float]:
     """Pre-enqueue ``jobs`` no-op jobs, then start one worker process and time it emptying the queue.
 
     The clock runs from the first job's ``started_at`` to the last ``finished_at`` (both stamped by
     the backend); the runner only polls ``stats()`` now and then to know when it is over.
+    ``observed``: the worker (and the enqueue, whose trace context each job carries) has the
+    OpenTelemetry and Prometheus middlewares on.
     """
-    queue = make_queue(url)
+    queue = make_queue(url, observed=observed)
     noop = queue.tasks["noop"]
     async with queue:
         first = None
@@ -236,7 +243,7 @@ async def measure_drain(url: str, p: Params) -> dict[str, float]:
         async def drained() -> bool:
             return (await queue.stats())["succeeded"] >= p.jobs
 
-        async with worker_process(url, p.concurrency, p):
+        async with worker_process(url, p.concurrency, p, OBSERVED_APP if observed else APP):
             await _until(drained, timeout=max(120.0, p.jobs / 100), what="drain", interval=0.2)
         started = (await first.info()).started_at
         # jobs are claimed in enqueue order, so the last to finish is among the newest few hundred
@@ -244,7 +251,14 @@ async def measure_drain(url: str, p: Params) -> dict[str, float]:
         finished = max(r.finished_at for r in tail if r.finished_at is not None)
         assert started is not None
     seconds = (finished - started).total_seconds()
+    if observed:
+        return {"drain_observed_jobs_per_s": p.jobs / seconds, "drain_observed_seconds": seconds}
     return {"drain_jobs_per_s": p.jobs / seconds, "drain_seconds": seconds}
+
+
+async def measure_drain_observed(url: str, p: Params) -> dict[str, float]:
+    """The drain with the OpenTelemetry and Prometheus middlewares on (bench_observed.py)."""
+    return await measure_drain(url, p, observed=True)
 
 
 async def measure_pickup(url: str, p: Params) -> dict[str, float]:
@@ -290,6 +304,7 @@ MEASUREMENTS: dict[str, Measurement] = {
     "enqueue_single": measure_enqueue_single,
     "enqueue_batch": measure_enqueue_batch,
     "drain": measure_drain,
+    "drain_observed": measure_drain_observed,
     "pickup": measure_pickup,
     "growth": measure_growth,
     "soak": measure_soak,
@@ -338,11 +353,13 @@ async def run_all(targets: list[Target], names: list[str], p: Params, *,
     run.machine["load_before"] = os.getloadavg()[0]
     for target in targets:
         raw: dict[str, list[float]] = {}
-        for name in names:
-            if name in ONCE and not every_target and target.name not in ONCE[name]:
-                continue
-            repeat = 1 if name in ONCE else p.repeat
-            for i in range(repeat):
+        # round after round of every figure, so figures compared with each other (drain with and
+        # without middlewares) see the same spells of load on a shared machine
+        for i in range(p.repeat):
+            for name in names:
+                if name in ONCE and (i > 0 or (not every_target and target.name not in ONCE[name])):
+                    continue
+                repeat = 1 if name in ONCE else p.repeat
                 console.print(f"[dim]{target.name}: {name} {i + 1}/{repeat}…[/]", end=" ")
                 with target.fresh() as url:
                     got = await MEASUREMENTS[name](url, p)
@@ -352,7 +369,15 @@ async def run_all(targets: list[Target], names: list[str], p: Params, *,
                 for k, v in got.items():
                     raw.setdefault(k, []).append(round(v, 3))
         run.raw[target.name] = raw
-        run.results[target.name] = {k: round(statistics.median(v), 3) for k, v in raw.items()}
+        figures = run.results[target.name] = {k: round(statistics.median(v), 3) for k, v in raw.items()}
+        pairs = list(zip(raw.get("drain_observed_jobs_per_s", []), raw.get("drain_jobs_per_s", []),
+                         strict=False))
+        if pairs:
+            # each round's two drains ran back to back: their ratio is far steadier on a busy
+            # machine than the ratio of two medians taken minutes apart
+            ratios = [observed / bare for observed, bare in pairs if bare]
+            raw["drain_observed_ratio"] = [round(r, 3) for r in ratios]
+            figures["drain_observed_ratio"] = round(statistics.median(ratios), 3)
     run.machine["load_after"] = os.getloadavg()[0]
     return run
 
@@ -402,13 +427,16 @@ def report(run: Run, p: Params, before: tuple[str, dict[str, Any]] | None) -> bo
                 change = f"[{style}]{pct:+.0f}%[/]"
             goal_text = ""
             goal = next((g for g in GOALS if g.metric == metric), None)
-            if goal is not None and target is not None and target.goals:
+            if goal is not None and target is not None and (
+                target_name in goal.targets if goal.targets else target.goals
+            ):
                 met = goal.met(now)
                 all_met &= met
                 goal_text = f"[{'green' if met else 'bold red'}]{'met' if met else 'MISSED'} " \
                             f"({goal.op} {goal.value:,g})[/]"
-            table.add_row(target_name, label.format(**asdict(p)), f"{now:,.1f}",
-                          f"{prev:,.1f}" if prev else "-", change, goal_text)
+            shown = ",.2f" if abs(now) < 10 else ",.1f"
+            table.add_row(target_name, label.format(**asdict(p)), f"{now:{shown}}",
+                          f"{prev:{shown}}" if prev else "-", change, goal_text)
         table.add_section()
     if table.row_count:
         console.print(table)

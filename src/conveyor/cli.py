@@ -11,19 +11,22 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from conveyor.errors import BackendError, ConfigError, ConveyorError
+from conveyor.errors import BackendError, ConfigError, ConveyorError, StartupError
+from conveyor.logs import JobContextFilter, JobFormatter, JsonFormatter
 from conveyor.model import JobRecord
 from conveyor.queue import Queue
 from conveyor.worker import Worker
@@ -42,6 +45,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 AppArg = Annotated[str, typer.Argument(help="Where your queue lives: 'package.module:queue'.")]
+
+#: the exit code of a worker whose start-up (lifespan, middleware) failed: not restarted
+STARTUP_FAILED = 3
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def load_queue(spec: str) -> Queue:
@@ -62,17 +69,21 @@ def load_queue(spec: str) -> Queue:
     return obj
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr: plain text (rich on a terminal) or JSON lines; job fields on every record."""
     handler: logging.Handler
-    if sys.stderr.isatty():
+    if fmt == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+    elif sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
-        fmt = "%(message)s"
+        handler.setFormatter(JobFormatter("%(job)s%(message)s"))
     else:
         handler = logging.StreamHandler()
-        fmt = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
+        handler.setFormatter(JobFormatter())
+    handler.addFilter(JobContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -95,16 +106,36 @@ def worker(
     grace: Annotated[float | None, typer.Option(help="Seconds running jobs get to finish "
                                                 "on SIGTERM.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    log_format: Annotated[Literal["text", "json"], typer.Option(
+        help="text, or json: one JSON object per line. Records logged while a job runs carry "
+             "its id, task, queue and attempt.")] = "text",
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics on this port (needs conveyor[prometheus]; "
+                               "all processes' together with --processes).")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address the metrics port listens on.")] = "0.0.0.0",
+    metrics_collect: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Run a worker: claim and run jobs until SIGTERM/SIGINT (a second signal exits at once)."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
+    made_dir = None
+    if processes > 1 and metrics_port is not None and not os.environ.get(_MULTIPROC_ENV):
+        # before anything imports prometheus_client: it picks its mode on import
+        made_dir = os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="conveyor-metrics-")
     try:
         queue = load_queue(target)
     except (ConveyorError, ImportError) as exc:
         raise _fail(exc) from None
     names = [q.strip() for q in queues.split(",")] if queues else None
     if processes > 1:
-        raise typer.Exit(_supervise(sys.argv[1:], processes))
+        metrics = (metrics_host, metrics_port) if metrics_port is not None else None
+        try:
+            code = _supervise(sys.argv[1:], processes, metrics)
+        finally:
+            if made_dir is not None:
+                shutil.rmtree(made_dir, ignore_errors=True)
+        raise typer.Exit(code)
+    if metrics_port is not None or metrics_collect:
+        _add_metrics(queue, None if metrics_collect else (metrics_host, metrics_port))
     code = asyncio.run(_work(queue, concurrency, names, grace))
     abandoned = [t.name for t in threading.enumerate() if t.name.startswith("conveyor-job")]
     if abandoned:
@@ -150,9 +181,33 @@ async def _work(queue: Queue, concurrency: int, queues: list[str] | None, grace:
     loop.add_signal_handler(signal.SIGUSR2, exit_now)
     try:
         await wk.run()
+    except StartupError as exc:
+        logging.getLogger("conveyor").error("%s", exc, exc_info=exc.__cause__)
+        return STARTUP_FAILED
     finally:
         await queue.close()
     return 0
+
+
+def _prometheus() -> Any:
+    """The conveyor.prometheus module, or a clear error without prometheus_client."""
+    try:
+        return importlib.import_module("conveyor.prometheus")
+    except ImportError as exc:
+        raise _fail(ConfigError(
+            f"--metrics-port needs prometheus_client: pip install 'conveyor[prometheus]' ({exc})"
+        )) from None
+
+
+def _add_metrics(queue: Queue, serve_at: tuple[str, int | None] | None) -> None:
+    """Give the queue a Prometheus middleware if it has none; serve the metrics if asked."""
+    prometheus = _prometheus()
+    if not any(isinstance(mw, prometheus.PrometheusMiddleware) for mw in queue.middleware):
+        queue.add_middleware(prometheus.PrometheusMiddleware())
+    if serve_at is not None:
+        host, port = serve_at
+        served = prometheus.serve(port or 0, host)
+        logging.getLogger("conveyor").info("serving metrics on http://%s:%d/metrics", host, served)
 
 
 async def _reach_backend(queue: Queue, wk: Worker) -> bool:
@@ -176,12 +231,25 @@ async def _reach_backend(queue: Queue, wk: Worker) -> bool:
             delay = min(delay * 2, 5.0)
 
 
-def _supervise(argv: list[str], processes: int) -> int:
-    """Run ``processes`` single-process workers; forward signals; restart one that crashes."""
+def _supervise(argv: list[str], processes: int, metrics: tuple[str, int] | None = None) -> int:
+    """Run ``processes`` single-process workers; forward signals; restart one that crashes.
+
+    A worker whose start-up failed is not restarted: the others are stopped and the exit code
+    is :data:`STARTUP_FAILED`. With ``metrics`` the workers collect metrics into one directory
+    and this process serves them, summed.
+    """
     args = _without_processes(argv)
     log = logging.getLogger("conveyor.supervisor")
     stopping = False
     children: list[subprocess.Popen[bytes]] = []
+    forget = None
+    if metrics is not None:
+        args.append("--metrics-collect")
+        prometheus = _prometheus()
+        host, port = metrics
+        served = prometheus.serve(port, host)
+        forget = prometheus.mark_process_dead
+        log.info("serving the metrics of all worker processes on http://%s:%d/metrics", host, served)
 
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "conveyor", *args, "--processes", "1"])
@@ -212,7 +280,14 @@ def _supervise(argv: list[str], processes: int) -> int:
             if rc is None:
                 continue
             children.remove(child)
-            if stopping:
+            if forget is not None:
+                forget(child.pid)
+            if rc == STARTUP_FAILED and not stopping:
+                log.error("worker process %d did not start (see its error above): stopping the "
+                          "others", child.pid)
+                forward(signal.SIGTERM, None)
+                code = STARTUP_FAILED
+            elif stopping:
                 code = max(code, _exit_code(rc))
             else:
                 log.error("worker process %d exited with %d; starting another", child.pid, rc)
@@ -246,10 +321,10 @@ def _without_processes(argv: list[str]) -> list[str]:
         if skip:
             skip = False
             continue
-        if arg in ("--processes", "-p"):
+        if arg in ("--processes", "-p", "--metrics-port", "--metrics-host"):
             skip = True
             continue
-        if arg.startswith("--processes="):
+        if arg.startswith(("--processes=", "--metrics-port=", "--metrics-host=")):
             continue
         out.append(arg)
     return out

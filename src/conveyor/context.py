@@ -1,22 +1,29 @@
 """What a running task may ask for: who it is, whether it was cancelled, and a way to report progress.
 
 Declare a parameter annotated ``Context`` and the worker passes one in; it is never part of the
-payload. It works the same in ``async def``, ``def`` (thread) and ``cpu=True`` (process) tasks.
+payload. It works the same in ``async def``, ``def`` (thread) and ``cpu=True`` (process) tasks:
+``ctx.meta`` is the job's metadata, ``ctx.state`` what the worker's lifespan yielded (in a
+``cpu=True`` task: what the lifespan yielded in that process).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from conveyor.errors import OptionError
+from conveyor.model import EMPTY_META
 
 __all__ = ["Context"]
 
 #: stores a report; may return an awaitable that completes once the report is stored
 Reporter = Callable[[float, str], Awaitable[Any] | None]
+
+#: the state of a worker without a lifespan
+EMPTY_STATE: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Sent:
@@ -35,17 +42,25 @@ class _Sent:
 class Context:
     """The running attempt of one job, as its task sees it."""
 
-    __slots__ = ("_cancelled", "_loop", "_report", "attempt", "job_id", "queue", "task")
+    __slots__ = (
+        "_cancelled", "_loop", "_report", "attempt", "job_id", "meta", "queue", "state", "task",
+    )
 
     def __init__(
         self, *, job_id: str, task: str, queue: str, attempt: int,
         report: Reporter | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        meta: Mapping[str, str] = EMPTY_META,
+        state: Mapping[str, Any] = EMPTY_STATE,
     ) -> None:
         self.job_id = job_id
         self.task = task
         self.queue = queue
         self.attempt = attempt  # 1 for the first attempt
+        #: the job's metadata (``task.options(meta=...)``, middlewares): read-only
+        self.meta = meta
+        #: what the worker's lifespan yielded (``Queue(lifespan=...)``); empty without one
+        self.state = state
         self._report = report
         self._loop = loop
         # a plain flag: set on the loop, read from the task's thread (one attribute store is

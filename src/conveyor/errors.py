@@ -6,12 +6,14 @@ ConveyorError
 │   └── OptionError          an option of the wrong type or out of range (priority, delay, ...)
 ├── BackendError             the storage engine failed (driver error as __cause__)
 ├── JobNotFound              no job with that id
+├── StartupError             a worker's lifespan or a middleware failed to start; nothing was claimed
 ├── EnqueueError             the job was rejected at enqueue; nothing was written
 │   ├── ArgumentError        arguments do not match the task's signature or types
 │   ├── NotSerializable      a value is not JSON (set, bytes, NaN, a DB session, ...)
 │   │   └── LimitExceeded    JSON, but past a documented limit (nesting depth, int size)
 │   ├── PayloadTooLarge      the encoded arguments exceed the size cap
 │   ├── BadKey               key= or unique= is empty, too long, or not storable text
+│   ├── BadMeta              meta= is not str -> str, or past its size limits
 │   └── UnknownTask          no task of that name is registered
 └── JobError                 the outcome of a job, raised by Job.result()
     ├── JobFailed            the job failed (or is dead); `.error` holds type, message, traceback
@@ -31,6 +33,7 @@ __all__ = [
     "ArgumentError",
     "BackendError",
     "BadKey",
+    "BadMeta",
     "ConfigError",
     "ConveyorError",
     "EnqueueError",
@@ -43,6 +46,7 @@ __all__ = [
     "NotSerializable",
     "OptionError",
     "PayloadTooLarge",
+    "StartupError",
     "UnknownTask",
 ]
 
@@ -71,6 +75,13 @@ class BackendError(ConveyorError):
     """The storage backend failed."""
 
 
+class StartupError(ConveyorError):
+    """The worker could not start: its lifespan or a middleware failed (the cause is attached).
+
+    A worker whose start-up fails claims nothing.
+    """
+
+
 class JobNotFound(ConveyorError):
     """No job has that id."""
 
@@ -97,6 +108,10 @@ class LimitExceeded(NotSerializable):
 
 class BadKey(EnqueueError):
     """A key= or unique= value is empty, too long, or holds text that cannot be stored."""
+
+
+class BadMeta(EnqueueError):
+    """A job's meta is not a mapping of str to str, or is past its limits (entries, size)."""
 
 
 class PayloadTooLarge(EnqueueError):

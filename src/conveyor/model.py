@@ -10,13 +10,16 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
 __all__ = [
     "ACTIVE",
+    "EMPTY_META",
     "TERMINAL",
     "ErrorInfo",
     "Event",
@@ -112,6 +115,14 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+#: the metadata of a job that has none: one shared, read-only empty mapping (no dict per job)
+EMPTY_META: Mapping[str, str] = MappingProxyType({})
+
+
+def _no_meta() -> Mapping[str, str]:
+    return EMPTY_META
+
+
 @dataclass(slots=True)
 class JobRecord:
     """One job as stored. ``job.info()`` returns it; the REST API serves ``to_dict()``."""
@@ -144,6 +155,10 @@ class JobRecord:
     lease_expires_at: datetime | None = None
     # enqueue-time instruction, not stored: cancel queued jobs of the same key
     supersede: bool = False
+    #: small str -> str metadata carried with the job (trace context, tenant...): set by
+    #: producers (``task.options(meta=...)``) and middlewares, read by tasks (``ctx.meta``).
+    #: Treat it as read-only: to change it, assign a new dict.
+    meta: Mapping[str, str] = field(default_factory=_no_meta)
 
     def to_dict(self) -> dict[str, Any]:
         """The public fields as JSON-ready values (datetimes as ISO 8601 strings)."""
@@ -173,6 +188,7 @@ class JobRecord:
             "progress": self.progress,
             "worker": self.worker,
             "cancel_requested": self.cancel_requested,
+            "meta": dict(self.meta),
         }
 
 

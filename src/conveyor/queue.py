@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
-from collections.abc import Callable, Coroutine, Sequence
+import functools
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
@@ -13,9 +15,10 @@ from conveyor.backends.base import Backend, JobFilter
 from conveyor.context import Context
 from conveyor.errors import ConfigError, OptionError, UnknownTask
 from conveyor.job import Job
+from conveyor.middleware import EnqueueNext, Middleware, overrides
 from conveyor.model import JobRecord, JobStatus
 from conveyor.retry import Retry, seconds
-from conveyor.serde import check_name
+from conveyor.serde import check_meta, check_name
 from conveyor.settings import Settings, url_from_env
 from conveyor.task import Prepared, Task, check_optional, check_priority
 
@@ -24,10 +27,14 @@ if TYPE_CHECKING:
     from conveyor.fastapi.router import APIRouter
     from conveyor.worker import Worker
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "WorkerLifespan"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: a worker's lifespan, the shape of FastAPI's: ``queue -> async context manager`` that may
+#: yield a mapping of state (``ctx.state`` in tasks, ``request.state`` in their dependencies)
+WorkerLifespan = Callable[["Queue"], contextlib.AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
 
 class _Decorator(Protocol):
@@ -47,10 +54,16 @@ class Queue:
     ``url`` picks the engine: ``memory://``, ``sqlite:///path.db`` (the default, from
     ``$CONVEYOR_URL`` when set), ``redis://...``, ``postgresql://...``. Nothing connects until the
     queue is first used or opened (``async with queue:``).
+
+    ``lifespan`` runs once in each worker (and in each of its ``cpu=True`` processes) when it
+    starts and when it stops, like FastAPI's: ``lifespan(queue)`` is an async context manager
+    whose yielded mapping tasks read as ``ctx.state``. ``middleware`` hooks into every enqueue
+    and every attempt (:mod:`conveyor.middleware`). See docs/observability.md.
     """
 
     def __init__(
-        self, url: str | None = None, *, name: str = "default", settings: Settings | None = None
+        self, url: str | None = None, *, name: str = "default", settings: Settings | None = None,
+        lifespan: WorkerLifespan | None = None, middleware: Sequence[Middleware] = (),
     ) -> None:
         check_name(name, "queue")
         if settings is not None and not isinstance(settings, Settings):
@@ -60,7 +73,17 @@ class Queue:
         self.url = url or url_from_env()
         self.name = name
         self.settings = settings or Settings()
+        if lifespan is not None and not callable(lifespan):
+            raise OptionError(
+                f"lifespan= takes a function (queue -> async context manager), got {lifespan!r}"
+            )
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: what each worker runs at start and stop (``lifespan=``), or None
+        self.worker_lifespan = lifespan
+        self.middleware: tuple[Middleware, ...] = ()
+        self._enqueue_chain: EnqueueNext | None = None
+        for mw in middleware:
+            self.add_middleware(mw)
         self.backend: Backend = open_backend(self.url)
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
@@ -72,6 +95,28 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} {self.backend.safe_url}>"
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware, innermost so far (workers started from now on use it)."""
+        if not isinstance(middleware, Middleware):
+            raise OptionError(
+                f"middleware must be conveyor.middleware.Middleware instances, got {middleware!r}"
+            )
+        self.middleware = (*self.middleware, middleware)
+        wrapping = [mw for mw in self.middleware if overrides(mw, "enqueue")]
+        call: EnqueueNext | None = None
+        if wrapping:
+            call = self._store
+            for mw in reversed(wrapping):
+                call = functools.partial(mw.enqueue, call_next=call)
+        self._enqueue_chain = call
+
+    async def _store(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """The innermost step of enqueue with middlewares: check what they did to meta, store."""
+        for job in jobs:
+            if job.meta:
+                job.meta = check_meta(job.meta)
+        return await (await self._backend()).enqueue(jobs)
 
     # -- registry --------------------------------------------------------------------------
     # A leading `ctx: Context` is injected, so the overloads drop it from what enqueue accepts.
@@ -123,6 +168,11 @@ class Queue:
                 self, f, name=task_name, retries=policy, timeout=limit, cpu=cpu, key=key,
                 priority=priority, supersede=supersede,
             )
+            if task.signature.dependency_params:
+                # FastAPI Depends() are resolved by a middleware of the FastAPI integration
+                from conveyor.fastapi.dependencies import DependsMiddleware
+
+                task.inner_middleware = (DependsMiddleware(task),)
             self.tasks[task_name] = task
             return task
 
@@ -188,8 +238,11 @@ class Queue:
                 raise UnknownTask(f"task {item.task.name!r} is not registered on queue {self.name!r}")
         if not prepared:
             return []
-        backend = await self._backend()
-        stored = await backend.enqueue([p.record for p in prepared])
+        records = [p.record for p in prepared]
+        if self._enqueue_chain is not None:
+            stored = await self._enqueue_chain(records)
+        else:
+            stored = await (await self._backend()).enqueue(records)
         return [Job(self, rec.id, p.task) for rec, p in zip(stored, prepared, strict=True)]
 
     async def list_jobs(
@@ -222,11 +275,13 @@ class Queue:
     def worker(
         self, *, concurrency: int = 10, queues: Sequence[str] | None = None,
         grace: float | None = None, lease: float | None = None, cpu_workers: int | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> Worker:
         """A worker for this queue's tasks: ``async with queue.worker(concurrency=10): ...``.
 
         ``queues`` lists the named queues it takes jobs from (default: this queue's name);
-        ``cpu_workers`` sizes the process pool for ``cpu=True`` tasks (default: CPU count).
+        ``cpu_workers`` sizes the process pool for ``cpu=True`` tasks (default: CPU count);
+        ``state`` is state tasks see beside what the queue's lifespan yields (an app's state).
         """
         from conveyor.worker import Worker
 
@@ -235,7 +290,7 @@ class Queue:
         lease = seconds(lease, "lease")
         return Worker(
             self, concurrency=concurrency, queues=list(queues or [self.name]), grace=grace,
-            lease=lease, cpu_workers=cpu_workers,
+            lease=lease, cpu_workers=cpu_workers, state=state,
         )
 
     # -- FastAPI (conveyor[fastapi]; imported only when asked for) ---------------------------
@@ -263,6 +318,7 @@ class Queue:
     def router(
         self, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
         tags: list[str] | None = None, heartbeat: float = 15.0, public: bool = False,
+        metrics: bool = False,
     ) -> APIRouter:
         """A FastAPI router over this queue's jobs: ``app.include_router(queue.router(), prefix="/jobs")``.
 
@@ -272,12 +328,13 @@ class Queue:
         and tracebacks are private data. Without them a warning is logged, unless ``public=True``
         says the router is open on purpose. ``heartbeat`` is the seconds between keep-alive
         comments on event streams. Cancel and retry (POST) need the header ``X-Conveyor: 1``.
+        ``metrics=True`` adds ``GET /metrics``, Prometheus text (``conveyor[prometheus]``).
         """
         from conveyor.fastapi.router import job_router
 
         return job_router(
             self, dashboard=dashboard, dependencies=dependencies, tags=tags, heartbeat=heartbeat,
-            public=public,
+            public=public, metrics=metrics,
         )
 
 

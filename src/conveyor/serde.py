@@ -22,26 +22,32 @@ from pydantic_core import PydanticSerializationError
 from conveyor.errors import (
     ArgumentError,
     BadKey,
+    BadMeta,
     ConfigError,
     LimitExceeded,
     NotSerializable,
     PayloadTooLarge,
 )
-from conveyor.model import ErrorInfo
+from conveyor.model import EMPTY_META, ErrorInfo
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_INT",
     "MAX_KEY_CHARS",
+    "MAX_META_BYTES",
+    "MAX_META_ENTRIES",
+    "MAX_META_KEY_CHARS",
     "MAX_NAME_CHARS",
     "MIN_INT",
     "TaskSignature",
     "check_json",
     "check_key",
+    "check_meta",
     "check_name",
     "dump_json",
     "encoded_size",
     "error_info",
+    "load_meta",
     "load_stored",
 ]
 
@@ -74,6 +80,12 @@ MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 MAX_KEY_CHARS = 1024
 #: the longest task or queue name, in characters
 MAX_NAME_CHARS = 200
+#: a job's meta: at most this many entries ...
+MAX_META_ENTRIES = 64
+#: ... each key 1 to this many characters ...
+MAX_META_KEY_CHARS = 256
+#: ... and at most this many bytes as JSON, all entries together
+MAX_META_BYTES = 8192
 
 # a path to a value inside a payload, kept as a linked list and rendered only for an error message
 _Path = tuple[Any, ...]
@@ -228,6 +240,52 @@ def check_key(value: str, what: str) -> str:
         _check_text(value, f"{what}=")
     except NotSerializable as exc:
         raise BadKey(exc.message) from None
+    return value
+
+
+def check_meta(meta: object) -> Mapping[str, str]:
+    """A job's meta as a plain dict, or raise :class:`BadMeta`.
+
+    A mapping of at most :data:`MAX_META_ENTRIES` str keys (1 to :data:`MAX_META_KEY_CHARS`
+    characters, no NUL) to str values, valid Unicode, at most :data:`MAX_META_BYTES` as JSON.
+    """
+    if not isinstance(meta, Mapping):
+        raise BadMeta(f"meta must be a dict of str to str, got {type(meta).__name__}")
+    if not meta:
+        return EMPTY_META
+    if len(meta) > MAX_META_ENTRIES:
+        raise BadMeta(f"meta holds {len(meta)} entries, over the limit of {MAX_META_ENTRIES}")
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise BadMeta(
+                f"meta must map str to str, got {type(key).__name__} {key!r}: "
+                f"{type(value).__name__}"
+            )
+        if not key or len(key) > MAX_META_KEY_CHARS or "\x00" in key:
+            raise BadMeta(
+                f"a meta key must be 1 to {MAX_META_KEY_CHARS} characters without NUL, "
+                f"got {key[:50]!r}"
+            )
+        try:
+            _check_text(key, "a meta key")
+            _check_text(value, f"meta[{key!r}]")
+        except NotSerializable as exc:
+            raise BadMeta(exc.message) from None
+        out[key] = value
+    size = len(json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_META_BYTES:
+        raise BadMeta(f"meta is {size} bytes as JSON, over the limit of {MAX_META_BYTES}")
+    return out
+
+
+def load_meta(text: str | None) -> Mapping[str, str]:
+    """Stored meta (JSON text, or None for none) back as a mapping; ValueError if malformed."""
+    if not text:
+        return EMPTY_META
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"stored meta is not an object of strings: {text[:100]!r}")
     return value
 
 

@@ -6,16 +6,17 @@ import functools
 import inspect
 import math
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.context import Context
 from conveyor.errors import ArgumentError, ConfigError, OptionError
-from conveyor.model import JobRecord, new_id, utcnow
+from conveyor.middleware import Middleware
+from conveyor.model import EMPTY_META, JobRecord, new_id, utcnow
 from conveyor.retry import MAX_SECONDS, Retry, seconds
-from conveyor.serde import TaskSignature, check_key
+from conveyor.serde import TaskSignature, check_key, check_meta
 
 if TYPE_CHECKING:
     from conveyor.job import Job
@@ -62,6 +63,7 @@ class Options:
     supersede: bool | None = None
     timeout: float | None = None
     retries: Retry | None = None
+    meta: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class Task(Generic[P, R]):
         self.priority = priority
         self.supersede = supersede
         self.is_async = inspect.iscoroutinefunction(fn)
+        #: middlewares of this task alone, innermost of all (FastAPI's Depends resolution)
+        self.inner_middleware: tuple[Middleware, ...] = ()
         if cpu and self.is_async:
             raise ConfigError(f"task {name!r}: cpu=True needs a plain `def` (it runs in a process)")
         qualname = str(getattr(fn, "__qualname__", ""))
@@ -134,9 +138,13 @@ class Task(Generic[P, R]):
         self, *, delay: float | timedelta | None = None, at: datetime | None = None,
         priority: int | None = None, key: str | None = None, unique: str | None = None,
         supersede: bool | None = None, timeout: float | timedelta | None = None,
-        retries: Retry | int | None = None,
+        retries: Retry | int | None = None, meta: Mapping[str, str] | None = None,
     ) -> TaskCall[P, R]:
-        """The same task with options for the next enqueue (delay, priority, key, unique, ...)."""
+        """The same task with options for the next enqueue (delay, priority, key, unique, ...).
+
+        ``meta`` is a small dict of str carried with the job (``ctx.meta`` in the task; see
+        docs/observability.md); a wrong type or one past its limits is a :class:`BadMeta`.
+        """
         if delay is not None and at is not None:
             raise OptionError("give delay= or at=, not both")
         if at is not None:
@@ -151,7 +159,7 @@ class Task(Generic[P, R]):
         return TaskCall(self, Options(
             delay=seconds(delay, "delay"), at=at, priority=priority, key=key, unique=unique,
             supersede=supersede, timeout=seconds(timeout, "timeout", positive=True),
-            retries=Retry.of(retries),
+            retries=Retry.of(retries), meta=None if meta is None else check_meta(meta),
         ))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
@@ -198,6 +206,8 @@ class TaskCall(Generic[P, R]):
         fields = {
             f: getattr(merged.opts, f) for f in Options.__slots__ if getattr(merged.opts, f) is not None
         }
+        if self.opts.meta and merged.opts.meta is not None:  # meta adds up: later keys win
+            fields["meta"] = check_meta({**self.opts.meta, **merged.opts.meta})
         return TaskCall(self.task, replace(self.opts, **fields))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
@@ -231,6 +241,7 @@ class TaskCall(Generic[P, R]):
             enqueued_at=now, scheduled_for=scheduled,
             retry=retry.to_dict() if retry is not None else None,
             supersede=bool(opts.supersede if opts.supersede is not None else task.supersede),
+            meta=opts.meta or EMPTY_META,
         )
         return Prepared(task, record)
 

@@ -135,8 +135,8 @@ class Workers:
         self.task_log = task_log
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        """``python -m conveyor worker integration.apps.cli_app:queue *args``."""
+    def start(self, *args: str, env: dict[str, str] | None = None, app: str = APP) -> WorkerProcess:
+        """``python -m conveyor worker integration.apps.cli_app:queue *args`` (or another ``app``)."""
         environ = dict(os.environ)
         environ.update(
             CONVEYOR_URL=self.url,
@@ -148,7 +148,7 @@ class Workers:
         output = self.tmp_path / f"worker-{len(self.started)}.out"
         with output.open("wb") as sink:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "conveyor", "worker", APP, *args],
+                [sys.executable, "-m", "conveyor", "worker", app, *args],
                 cwd=self.tmp_path,
                 env=environ,
                 stdout=sink,

@@ -29,17 +29,18 @@ def make_app(queue: Queue, *, worker: bool = False, **router: Any) -> FastAPI:
 
 
 async def test_get_returns_the_job_record_as_json(queue: Queue) -> None:
-    """``GET /jobs/{id}`` serves every field of the record."""
+    """``GET /jobs/{id}`` serves every field of the record, its meta too."""
 
     @queue.task(key="user:{user_id}")
     async def greet(user_id: int, text: str = "hi") -> None: ...
 
-    job = await greet.options(priority=3).enqueue(7, text="hello")
+    job = await greet.options(priority=3, meta={"tenant": "acme"}).enqueue(7, text="hello")
     async with client_for(make_app(queue)) as client:
         response = await client.get(f"/jobs/{job.id}")
     assert response.status_code == 200
     body = response.json()
     assert body["id"] == job.id and body["status"] == "queued"
+    assert body["meta"] == {"tenant": "acme"}
     assert body["args"] + list(body["kwargs"].values()) == [7, "hello"]
     assert body["key"] == "user:7" and body["priority"] == 3
     assert (await client_get_upper(queue, job.id)) == 200, "ids are accepted in upper case"

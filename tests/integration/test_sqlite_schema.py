@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Queue
+from conveyor import Context, Queue
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.backends.sqlite.schema import VERSION
 from conveyor.errors import BackendError
@@ -96,6 +96,36 @@ async def test_a_database_without_newer_columns_gets_them_on_open(tmp_path: Path
         assert await again.job(job.id).result(timeout=10) == 7
     with sqlite3.connect(db) as conn:
         assert "lost" in {r[1] for r in conn.execute("PRAGMA table_info(conveyor_jobs)")}
+
+
+async def test_a_database_from_before_meta_gets_the_column_and_its_jobs_run_without_meta(
+    tmp_path: Path,
+) -> None:
+    """A database of the current version made before job meta existed: opening adds the column
+    (the version stays), its waiting jobs run with an empty ctx.meta, new jobs store theirs."""
+    db = tmp_path / "before-meta.db"
+    queue = Queue(f"sqlite:///{db}")
+
+    @queue.task(name="meta")
+    async def meta(ctx: Context) -> dict[str, str]:
+        return dict(ctx.meta)
+
+    async with queue:
+        old = await meta.enqueue()
+    with sqlite3.connect(db) as conn:  # the database as the release before meta left it
+        conn.execute("ALTER TABLE conveyor_jobs DROP COLUMN meta")
+
+    again = Queue(f"sqlite:///{db}")
+    again.task(name="meta")(meta.fn)
+    async with again:
+        new = await again.tasks["meta"].options(meta={"tenant": "t"}).enqueue()
+        async with again.worker(concurrency=1):
+            assert await again.job(old.id).result(timeout=10) == {}
+            assert await again.job(new.id).result(timeout=10) == {"tenant": "t"}
+    with sqlite3.connect(db) as conn:
+        assert "meta" in {r[1] for r in conn.execute("PRAGMA table_info(conveyor_jobs)")}
+        version = conn.execute("SELECT value FROM conveyor_meta WHERE name = 'schema'").fetchone()
+        assert version == (VERSION,)
 
 
 def _v1_database(path: Path) -> dict[str, str]:

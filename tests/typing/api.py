@@ -6,10 +6,14 @@ type drifts. Lines marked `type: ignore[...]` must stay errors (mypy warns on un
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 
-from conveyor import Context, Job, JobStatus, Queue, Retry, Task
+from conveyor import Context, Job, JobRecord, JobStatus, Queue, Retry, Task
 from conveyor.errors import ConveyorError, EnqueueError, JobCancelled, JobFailed, JobTimeout
+from conveyor.middleware import EnqueueNext, Middleware
+from conveyor.model import ErrorInfo
 
 queue = Queue("memory://", name="typing")
 
@@ -50,3 +54,42 @@ async def usage() -> None:
     del task, ok, status, name
     errors: tuple[type[ConveyorError], ...] = (EnqueueError, JobFailed, JobCancelled, JobTimeout)
     del errors
+
+
+# -- lifespan, meta and middleware (docs/observability.md) ------------------------------------
+@asynccontextmanager
+async def lifespan(q: Queue) -> AsyncIterator[dict[str, object]]:
+    yield {"pool": "a pool"}
+
+
+class Tenant(Middleware):
+    async def enqueue(self, jobs: list[JobRecord], call_next: EnqueueNext) -> list[JobRecord]:
+        for job in jobs:
+            job.meta = {**job.meta, "tenant": "acme"}
+        return await call_next(jobs)
+
+    def after_failure(
+        self, job: JobRecord, ctx: Context, error: ErrorInfo, retry_at: datetime | None
+    ) -> None:
+        kind: str = error["type"]
+        del kind
+
+
+observed = Queue("memory://", lifespan=lifespan, middleware=[Tenant()])
+Queue("memory://", lifespan=42)  # type: ignore[arg-type]
+
+
+@observed.task
+async def tenant_of(ctx: Context) -> str:
+    meta: Mapping[str, str] = ctx.meta
+    state: Mapping[str, object] = ctx.state
+    del state
+    return meta.get("tenant", "")
+
+
+async def meta_usage() -> None:
+    job: Job[str] = await tenant_of.options(meta={"tenant": "a"}).enqueue()
+    await tenant_of.options(meta={"n": 1}).enqueue()  # type: ignore[dict-item]
+    info = await job.info()
+    meta: Mapping[str, str] = info.meta
+    del meta

@@ -129,7 +129,8 @@ class MemoryBackend(Backend):
                     if old.status in _WAITING and old.attempts == 0:
                         self._finish(old, JobStatus.CANCELLED, now)
                         self._status_event(old, reason="superseded")
-            job = replace(new, supersede=False)
+            # meta is stored as a copy of its own: the caller's mapping is the caller's
+            job = replace(new, supersede=False, meta=dict(new.meta) if new.meta else new.meta)
             due = job.scheduled_for is not None and job.scheduled_for > now
             job.status = JobStatus.SCHEDULED if due else JobStatus.QUEUED
             self._next_seq += 1

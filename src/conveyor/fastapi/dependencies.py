@@ -1,13 +1,17 @@
 """FastAPI ``Depends(...)`` in tasks, resolved by FastAPI's own machinery once per job attempt.
 
 A task declares dependencies exactly as an endpoint does (``db: Annotated[Session, Depends(get_db)]``
-or ``db = Depends(get_db)``). The worker calls :func:`resolve` before each attempt: FastAPI's
+or ``db = Depends(get_db)``). Registering such a task gives it :class:`DependsMiddleware`, the
+innermost middleware of its attempts (the worker itself knows nothing of FastAPI), which calls
+:func:`resolve` before each attempt: FastAPI's
 ``solve_dependencies`` runs the dependency graph against a synthetic request (sub-dependencies,
 ``async``/sync/generator dependencies, per-attempt caching, overrides), and every generator
 dependency is closed on the attempt's exit stack once the attempt ends, so each attempt gets a fresh
 session and sees its own exception in the dependency's ``except``/``finally``.
 
-A dependency that needs the running job declares ``ctx: JobContext``.
+A dependency that needs the running job declares ``ctx: JobContext``; ``request.state`` holds
+what the worker's lifespan yielded (and the app's lifespan state, for a worker run by the app), as
+it holds the app's state in an endpoint.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from fastapi.exceptions import FastAPIError
 
 from conveyor.context import Context
 from conveyor.errors import ConfigError
+from conveyor.middleware import CallNext, Middleware
+from conveyor.model import JobRecord
 
 if TYPE_CHECKING:
     from conveyor.queue import Queue
     from conveyor.task import Task
 
-__all__ = ["JobContext", "check", "job_context", "resolve"]
+__all__ = ["DependsMiddleware", "JobContext", "check", "job_context", "resolve"]
 
 #: where the synthetic request of a job attempt carries the attempt's Context
 _CONTEXT_KEY = "conveyor.context"
@@ -122,7 +128,8 @@ def _request(task: Task[Any, Any], ctx: Context, stack: AsyncExitStack) -> Reque
         "headers": [],
         "client": None,
         "server": None,
-        "state": {},
+        # `request.state` as in an endpoint: here the worker's lifespan state (a copy per attempt)
+        "state": dict(ctx.state),
         _CONTEXT_KEY: ctx,
         # the exit stacks FastAPI enters generator dependencies on (names differ by version)
         "fastapi_astack": stack,
@@ -159,3 +166,20 @@ async def resolve(task: Task[Any, Any], ctx: Context, stack: AsyncExitStack) -> 
             "but no query, header, cookie or body parameters"
         )
     return {name: solved.values[name] for name in task.signature.dependency_params}
+
+
+class DependsMiddleware(Middleware):
+    """Resolves ``task``'s ``Depends`` parameters around each of its attempts, and closes
+    generator dependencies after it (they see the attempt's error, as after a request)."""
+
+    def __init__(self, task: Task[Any, Any]) -> None:
+        self.task = task
+
+    def __repr__(self) -> str:
+        return f"<DependsMiddleware {self.task.name!r}>"
+
+    async def call(self, job: JobRecord, ctx: Context, call_next: CallNext) -> Any:
+        """Resolve the dependencies, run the task with them, then close them."""
+        async with AsyncExitStack() as stack:
+            values = await resolve(self.task, ctx, stack)
+            return await call_next(**values)

@@ -31,6 +31,10 @@ class QueueLifespan:
 
     Use it as ``FastAPI(lifespan=queue.lifespan(worker=True, lifespan=app_lifespan))``, or inside
     your own lifespan: ``async with queue.lifespan(worker=True)(app): yield``.
+
+    The worker runs the queue's own lifespan (``Queue(lifespan=...)``) when it starts; its tasks
+    see the app's lifespan state and the queue's (which wins on a clash) as ``ctx.state``, and
+    their dependencies as ``request.state``.
     """
 
     def __init__(
@@ -74,7 +78,7 @@ class QueueLifespan:
                     if self.run_worker:
                         self.worker = queue.worker(
                             concurrency=self.concurrency, queues=self.queues, grace=self.grace,
-                            cpu_workers=self.cpu_workers,
+                            cpu_workers=self.cpu_workers, state=state,
                         )
                         await self.worker.start()
                     yield state

@@ -4,6 +4,7 @@
 GET      ``/jobs``               list jobs of the queue, newest first (``status``, ``task``,
                                  ``limit`` at most 500, ``offset`` at most 10,000)
 GET      ``/jobs/stats``         how many jobs are in each status
+GET      ``/jobs/metrics``       Prometheus metrics (``metrics=True`` only; conveyor[prometheus])
 GET      ``/jobs/ui``            the HTML dashboard (``dashboard=True`` only)
 GET      ``/jobs/{id}``          one job record (404 unknown id, 422 malformed id)
 GET      ``/jobs/{id}/events``   Server-Sent Events until the job ends (``Last-Event-ID`` resumes)
@@ -29,7 +30,7 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from fastapi import status as http
 from fastapi.responses import HTMLResponse
 
-from conveyor.errors import JobNotFound, OptionError
+from conveyor.errors import ConfigError, JobNotFound, OptionError
 from conveyor.fastapi.dashboard import render_dashboard
 from conveyor.fastapi.schemas import JobEventOut, JobOut, JobPage, ProblemOut, StatsOut
 from conveyor.fastapi.sse import EventStreamResponse, job_stream
@@ -104,8 +105,10 @@ _CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNI
 def job_router(
     queue: Queue, *, dashboard: bool = False, dependencies: Sequence[Any] | None = None,
     tags: list[str] | None = None, heartbeat: float = 15.0, public: bool = False,
+    metrics: bool = False,
 ) -> APIRouter:
-    """Build the REST, SSE and (``dashboard=True``) HTML routes over ``queue``'s jobs."""
+    """Build the REST, SSE, (``dashboard=True``) HTML and (``metrics=True``) metrics routes over
+    ``queue``'s jobs."""
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0 < heartbeat < 3600:
         raise OptionError(f"heartbeat must be seconds between 0 and 3600, got {heartbeat!r}")
     if not isinstance(public, bool):
@@ -164,6 +167,9 @@ def job_router(
             queue=queue.name, counts={JobStatus(k): v for k, v in counts.items()},
             total=sum(counts.values()),
         )
+
+    if metrics:
+        _metrics_route(router, queue)
 
     if dashboard:
 
@@ -255,6 +261,31 @@ def job_router(
         return JobOut.of(retried)
 
     return router
+
+
+def _metrics_route(router: APIRouter, queue: Queue) -> None:
+    """``GET /metrics``: the Prometheus text of this process (of all, in multiprocess mode)."""
+    try:
+        from conveyor import prometheus
+    except ImportError as exc:
+        raise ConfigError(
+            f"queue.router(metrics=True) needs prometheus_client: pip install 'conveyor[prometheus]' "
+            f"({exc})"
+        ) from None
+    registry = next(
+        (mw.registry for mw in queue.middleware if isinstance(mw, prometheus.PrometheusMiddleware)),
+        None,
+    )
+
+    @router.get(
+        "/metrics", name="conveyor_metrics", summary="Prometheus metrics",
+        response_class=Response, responses={200: {"content": {prometheus.CONTENT_TYPE: {}}}},
+    )
+    async def job_metrics() -> Response:
+        """Counters, histograms and gauges of jobs in the Prometheus text format; the counts by
+        status are read from the backend now."""
+        await prometheus.refresh_stats(queue, registry=registry)
+        return Response(prometheus.exposition(registry), media_type=prometheus.CONTENT_TYPE)
 
 
 def _dashboard_headers(nonce: str) -> dict[str, str]:

@@ -64,6 +64,9 @@ class JobOut(BaseModel):
     progress: ProgressOut | None
     worker: str | None
     cancel_requested: bool
+    meta: dict[str, str] = Field(
+        default_factory=dict, description="the job's metadata (trace context, tenant...)"
+    )
 
     @classmethod
     def of(cls, record: JobRecord) -> JobOut:

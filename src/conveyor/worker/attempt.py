@@ -14,21 +14,23 @@ one verdict, however the task ends (``CancelledError``, ``SystemExit``, an unpri
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import functools
-import importlib
 import logging
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor.backends.base import Ack, Lease
 from conveyor.context import Context
 from conveyor.errors import ArgumentError, ConfigError, NotSerializable, UnknownTask
+from conveyor.logs import current_job
+from conveyor.middleware import Middleware, call_through, overrides
 from conveyor.model import ErrorInfo, JobRecord, utcnow
 from conveyor.retry import Retry
 from conveyor.serde import error_info
@@ -44,6 +46,7 @@ __all__ = ["Attempt", "Runner", "StopReason"]
 log = logging.getLogger("conveyor.worker")
 
 StopReason = Literal["cancel", "timeout", "shutdown", "lost"]
+_NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 # errors that another attempt cannot fix: the job fails at once, whatever its retry policy
 _PERMANENT = (UnknownTask, ArgumentError, NotSerializable)
 
@@ -67,6 +70,7 @@ class Attempt:
     stopped_at: float | None = None  # loop time of the stop request
     progress: ProgressWriter | None = None  # made on the first report
     settling: bool = False  # the body has ended: its verdict is being stored, stops come too late
+    entered: int = 0  # middlewares whose before_attempt ran: they get the end hooks
 
 
 class _FromThread(Exception):
@@ -82,23 +86,27 @@ class Runner:
 
     def __init__(
         self, queue: Queue, *, worker_id: str, concurrency: int, cpu_workers: int | None,
-        counts: Counter[str], on_success: Callable[[Ack], None],
+        counts: Counter[str], on_success: Callable[[Ack], None], state: Mapping[str, Any],
     ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.counts = counts
+        self.state = state  # the lifespan's, shared by every attempt
+        self.middleware = queue.middleware  # observers of every attempt, outermost first
+        self._chains: dict[str, tuple[Middleware, ...]] = {}  # per task: the `call` wrappers
         self.running: dict[str, Attempt] = {}
         self.by_task: dict[asyncio.Task[None], Attempt] = {}
         self.slot_free = asyncio.Event()
         self._on_success = on_success  # results are stored in batches by the worker
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="conveyor-job")
-        self._procs = ProcessPool(cpu_workers)
+        self._procs = ProcessPool(cpu_workers, queue)
         self._progress_lock = threading.Lock()
 
-    def close(self) -> None:
-        """Drop the executors: threads still running are abandoned, child processes killed."""
+    async def close(self) -> None:
+        """Drop the executors: threads still running are abandoned; idle child processes end
+        their lifespan and exit (busy ones are killed)."""
         self._threads.shutdown(wait=False, cancel_futures=True)
-        self._procs.close()
+        await self._procs.shutdown()
 
     def job_of(self, task: asyncio.Task[Any] | None) -> str | None:
         """The id of the job an asyncio task runs, if it runs one."""
@@ -118,7 +126,8 @@ class Runner:
         run = Attempt(record, Lease(record.id, record.lease_token))
         run.ctx = Context(
             job_id=record.id, task=record.task, queue=record.queue, attempt=record.attempts,
-            report=functools.partial(self._report, run), loop=loop,
+            report=functools.partial(self._report, run), loop=loop, meta=record.meta,
+            state=self.state,
         )
         self.running[record.id] = run
         run.task = loop.create_task(self._execute(run), name=f"conveyor:{record.task}:{record.id}")
@@ -171,6 +180,7 @@ class Runner:
     async def _execute(self, run: Attempt) -> None:
         record = run.record
         task = self.queue.tasks.get(record.task)
+        current_job.set(run.ctx)  # this attempt's asyncio task only: its log records know the job
         try:
             await self._attempt(run, task)
         except asyncio.CancelledError:
@@ -192,6 +202,8 @@ class Runner:
         # GeneratorExit or CancelledError is the exception being handled confuses the machinery
         failure: BaseException | None = None
         try:
+            if self.middleware:
+                self._before(run)
             value = await self._call(task, run)
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
@@ -223,7 +235,32 @@ class Runner:
         if run.progress is not None:
             await run.progress.close()
         self.counts["succeeded"] += 1
+        if run.entered:
+            self._after(run, "after_success", value)
         self._on_success(Ack(run.record.id, run.lease.token, value))
+
+    # -- middleware ------------------------------------------------------------------------
+    def _before(self, run: Attempt) -> None:
+        """Each middleware's before_attempt, outermost first; one that raises fails the attempt."""
+        for mw in self.middleware:
+            mw.before_attempt(run.record, run.ctx)
+            run.entered += 1
+
+    def _after(self, run: Attempt, hook: str, *args: Any) -> None:
+        """An end hook of each middleware that saw the attempt begin, innermost first; errors are
+        logged, never raised (the outcome stands)."""
+        for mw in reversed(self.middleware[: run.entered]):
+            try:
+                getattr(mw, hook)(run.record, run.ctx, *args)
+            except Exception:
+                log.exception("middleware %r: %s of job %s raised (ignored)", mw, hook, run.record.id)
+
+    def _chain(self, task: Task[Any, Any]) -> tuple[Middleware, ...]:
+        chain = self._chains.get(task.name)
+        if chain is None:
+            wrapping = tuple(mw for mw in self.middleware if overrides(mw, "call"))
+            chain = self._chains[task.name] = wrapping + task.inner_middleware
+        return chain
 
     async def _call(self, task: Task[Any, Any] | None, run: Attempt) -> Any:
         record = run.record
@@ -232,26 +269,33 @@ class Runner:
                 f"no task named {record.task!r} is registered on this worker's queue "
                 f"(known: {sorted(self.queue.tasks)})"
             )
+        chain = self._chain(task)
+        if chain:  # middlewares around the body (FastAPI's Depends is one)
+            body = functools.partial(self._body, task, run)
+            result = await call_through(chain, record, run.ctx, body)
+        else:
+            result = await self._body(task, run, _NO_VALUES)
         if task.cpu:
-            return await self._procs.run(
-                task, record, run.ctx._report, functools.partial(self._began, run)
-            )
-        values = task.signature.decode_values(record.args, record.kwargs)
-        injected: dict[str, Any] = dict.fromkeys(task.signature.context_params, run.ctx)
-        async with contextlib.AsyncExitStack() as stack:
-            if task.signature.dependency_params:
-                # FastAPI-style Depends(): resolved per attempt, generators closed after it
-                resolver = importlib.import_module("conveyor.fastapi.dependencies")
-                injected.update(await resolver.resolve(task, run.ctx, stack))
-            args, kwargs = task.signature.assemble(values, injected)
-            if task.is_async:
-                result = await task.fn(*args, **kwargs)
-            else:
-                result = await self._in_thread(run, functools.partial(task.fn, *args, **kwargs))
+            return result  # JSON already, checked in the child
         # within the JSON limits (check_json: 64-bit ints, bounded depth, valid Unicode), which
         # is what makes the backend's own encoding of it certain to succeed; a value it refuses
         # anyway is isolated by the result loop and fails that job alone
         return task.signature.encode_result(result)
+
+    def _body(self, task: Task[Any, Any], run: Attempt, extra: Mapping[str, Any]) -> Awaitable[Any]:
+        """The task's function called on its executor, to await; ``extra`` fills injected
+        parameters. (Not a coroutine itself: no extra frame per job.)"""
+        record = run.record
+        if task.cpu:
+            return self._procs.run(task, record, run.ctx._report, functools.partial(self._began, run))
+        values = task.signature.decode_values(record.args, record.kwargs)
+        injected: dict[str, Any] = dict.fromkeys(task.signature.context_params, run.ctx)
+        if extra:
+            injected.update(extra)
+        args, kwargs = task.signature.assemble(values, injected)
+        if task.is_async:
+            return task.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return self._in_thread(run, functools.partial(task.fn, *args, **kwargs))
 
     async def _in_thread(self, run: Attempt, call: Callable[[], Any]) -> Any:
         """Run ``call`` in the thread pool; a stop request waits for it instead of abandoning it."""
@@ -273,7 +317,8 @@ class Runner:
 
         run.threaded = run.in_thread = True
         try:
-            ok, out = await loop.run_in_executor(self._threads, body)
+            # in a copy of this attempt's context: the job's log fields, a middleware's span
+            ok, out = await loop.run_in_executor(self._threads, contextvars.copy_context().run, body)
         finally:
             run.in_thread = False
         if not ok:
@@ -294,11 +339,13 @@ class Runner:
             await run.progress.close()
         if attempts_left:
             delay = policy.delay(record.attempts)
-            retry_at = utcnow() + timedelta(seconds=delay)
+            retry_at: datetime | None = utcnow() + timedelta(seconds=delay)
             self.counts["retried"] += 1
             log.warning("job %s (%s) attempt %d/%d failed, retrying in %.2f s: %s: %s",
                         record.id, record.task, record.attempts, record.max_attempts, delay,
                         error["type"], error["message"])
+            if run.entered:
+                self._after(run, "after_failure", error, retry_at)
             ok = await self._settle(lambda: backend.fail(run.lease, error, retry_at=retry_at))
         else:
             dead = record.max_attempts > 1
@@ -306,6 +353,10 @@ class Runner:
             log.error("job %s (%s) %s after %d attempt(s): %s: %s\n%s",
                       record.id, record.task, "dead" if dead else "failed", record.attempts,
                       error["type"], error["message"], error["traceback"])
+            if run.entered:
+                self._after(run, "after_failure", error, None)
+                if dead:
+                    self._after(run, "on_dead", error)
             ok = await self._settle(
                 lambda: backend.fail(run.lease, error, retry_at=None, dead=dead)
             )
@@ -316,6 +367,8 @@ class Runner:
         record, backend = run.record, self.queue.backend
         if run.progress is not None:
             await run.progress.close(store=run.reason != "lost")
+        if run.entered and run.reason != "timeout":  # a timeout is a failure: _failed tells
+            self._after(run, "after_interrupt", run.reason)
         if run.reason == "shutdown":
             self.counts["released"] += 1
             await self._settle(lambda: backend.release([run.lease]))

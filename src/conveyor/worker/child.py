@@ -2,27 +2,49 @@
 
 A child runs one job per request read from its pipe and answers with JSON: a ``started`` note
 (the job's timeout counts from there), coalesced progress reports, then the result or the error.
+Its log records go to the worker too (``log`` messages), which logs them inside the job's attempt.
 It ignores SIGINT and SIGTERM (shutdown is its worker's call) and exits when its worker is gone.
+
+When the queue has a lifespan, the child enters it once when it starts, on a private event loop
+(its state is ``ctx.state``), and leaves it when its worker closes the pipe. A lifespan that
+fails to start fails the first job sent to the child with a ``StartupError``, and the child exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import logging
 import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from conveyor.errors import ConfigError
 
-__all__ = ["child_main"]
+__all__ = ["child_main", "find_object", "in_cpu_process"]
+
+_in_child: list[bool] = []  # one entry in a cpu process
+
+
+def in_cpu_process() -> bool:
+    """True in a ``cpu=True`` task's process (where a lifespan may set up less, or other things)."""
+    return bool(_in_child)
 
 #: seconds between two progress messages of a child (reports in between: the latest wins)
 _PROGRESS_WINDOW = 0.05
+
+
+def find_object(spec: str) -> Any:
+    """The object ``module:qual.name`` names (``__main__`` being the worker's main module)."""
+    module, _, qualname = spec.partition(":")
+    return _resolve(module, qualname)
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
@@ -92,13 +114,79 @@ class _Channel:
             time.sleep(_PROGRESS_WINDOW)
 
 
-def child_main(conn: multiprocessing.connection.Connection, parent: int) -> None:
-    """Run one job per request until the pipe closes."""
+class _Forward(logging.Handler):
+    """Sends this process's log records to the worker, which logs them with the job's fields."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__()
+        self.channel = channel
+        self.in_job = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc = record.exc_text or (
+                "".join(traceback.format_exception(*record.exc_info)) if record.exc_info else None
+            )
+            self.channel.send({"log": {
+                "name": record.name, "level": record.levelno, "msg": record.getMessage(),
+                "exc": exc, "created": record.created, "in_job": self.in_job,
+                "file": record.pathname, "line": record.lineno, "func": record.funcName,
+            }})
+        except Exception:
+            self.handleError(record)
+
+
+class _Lifespan:
+    """The queue's lifespan in this process, on a private event loop."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.state: Mapping[str, Any] = {}
+        self.failure: BaseException | None = None
+        self._exit: Callable[[], object] | None = None
+        if spec is None:
+            return
+        try:
+            queue = find_object(spec)
+            loop = asyncio.new_event_loop()
+            cm = queue.worker_lifespan(queue)
+            state = loop.run_until_complete(cm.__aenter__())
+            if state is not None and not isinstance(state, Mapping):
+                raise ConfigError(f"a lifespan yields a mapping of state or None, not {type(state).__name__}")
+            self.state = state or {}
+
+            def leave() -> None:
+                try:
+                    loop.run_until_complete(cm.__aexit__(None, None, None))
+                finally:
+                    loop.close()
+
+            self._exit = leave
+        except BaseException as exc:  # the lifespan's own SystemExit too: reported, not obeyed
+            self.failure = exc
+
+    def close(self) -> None:
+        if self._exit is not None:
+            try:
+                self._exit()
+            except BaseException:
+                logging.getLogger("conveyor.worker").exception("the cpu process's lifespan failed to end")
+
+
+def child_main(
+    conn: multiprocessing.connection.Connection, parent: int, startup: dict[str, Any] | None = None
+) -> None:
+    """Run one job per request until the pipe closes.
+
+    ``startup``: ``queue`` (``module:name`` of the queue whose lifespan to run, or None) and
+    ``log_level`` (the worker's; records at or above it are sent to the worker).
+    """
     # Ctrl-C and SIGTERM to the whole process group are the worker's to handle: it drains or
     # puts back this job, and kills this process when it decides to
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    _in_child.append(True)
+    startup = startup or {}
 
     from conveyor.context import Context
     from conveyor.errors import ArgumentError, NotSerializable, UnknownTask
@@ -108,6 +196,11 @@ def child_main(conn: multiprocessing.connection.Connection, parent: int) -> None
     permanent = (ArgumentError, NotSerializable, UnknownTask)
     signatures: dict[tuple[str, str], tuple[Any, TaskSignature]] = {}
     channel = _Channel(conn)
+    forward = _Forward(channel)
+    root = logging.getLogger()
+    root.handlers[:] = [forward]
+    root.setLevel(startup.get("log_level", logging.WARNING))
+    lifespan = _Lifespan(startup.get("queue"))
 
     def find(module: str, qualname: str, name: str) -> tuple[Any, TaskSignature]:
         found = signatures.get((module, qualname))
@@ -126,8 +219,21 @@ def child_main(conn: multiprocessing.connection.Connection, parent: int) -> None
         try:
             request = json.loads(conn.recv_bytes())
         except (EOFError, OSError):
+            # the worker is done with this process: end the lifespan, logging to stderr now
+            root.handlers[:] = [logging.StreamHandler()]
+            lifespan.close()
+            return
+        if lifespan.failure is not None:
+            info = error_info(lifespan.failure)
+            info["message"] = (
+                f"the cpu process did not start: the queue's lifespan raised {info['type']}: "
+                f"{info['message']}"
+            )
+            info["type"] = "conveyor.errors.StartupError"
+            channel.send({"error": info, "permanent": False, "retire": True})
             return
         channel.send('{"started":true}')
+        forward.in_job = True
         reply: str
         try:
             name, job_id = request["name"], request["job_id"]
@@ -141,6 +247,7 @@ def child_main(conn: multiprocessing.connection.Connection, parent: int) -> None
                 ctx = Context(
                     job_id=job_id, task=name, queue=request["queue"],
                     attempt=request["attempt"], report=report,
+                    meta=request.get("meta") or {}, state=lifespan.state,
                 )
                 injected = dict.fromkeys(signature.context_params, ctx)
             args, kwargs = signature.decode(request["args"], request["kwargs"], injected)
@@ -153,4 +260,5 @@ def child_main(conn: multiprocessing.connection.Connection, parent: int) -> None
                 ) from None
         except BaseException as exc:  # the task's own SystemExit, KeyboardInterrupt... too
             reply = json.dumps({"error": error_info(exc), "permanent": isinstance(exc, permanent)})
+        forward.in_job = False
         channel.send(reply)

@@ -14,17 +14,18 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Ack, Lease
-from conveyor.errors import BackendError, ConfigError
+from conveyor.errors import BackendError, ConfigError, StartupError
 from conveyor.model import JobRecord, new_token, utcnow
 from conveyor.serde import error_info
 from conveyor.worker.attempt import Runner
+from conveyor.worker.procpool import locate
 from conveyor.worker.watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Worker:
     def __init__(
         self, queue: Queue, *, concurrency: int = 10, queues: Sequence[str] | None = None,
         grace: float | None = None, lease: float | None = None, cpu_workers: int | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
@@ -72,6 +74,10 @@ class Worker:
             raise ConfigError("lease must be at least 0.1 seconds")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[:6]}"
         self.counts: Counter[str] = Counter()
+        #: what tasks see as ``ctx.state``: ``state=`` and what the queue's lifespan yielded
+        self.state: dict[str, Any] = dict(state or {})
+        self._exit_stack: contextlib.AsyncExitStack | None = None  # the lifespan and middlewares
+        self._start_lock = asyncio.Lock()
         self._acks: list[Ack] = []
         self._ack_groups: list[_AckGroup] = []  # results being stored (their leases are renewed)
         self._give_up_at: float | None = None  # set at shutdown: stop storing results then
@@ -79,7 +85,7 @@ class Worker:
         self._ack_lock = asyncio.Lock()
         self._runner = Runner(
             queue, worker_id=self.id, concurrency=concurrency, cpu_workers=cpu_workers,
-            counts=self.counts, on_success=self._acked,
+            counts=self.counts, on_success=self._acked, state=self.state,
         )
         self._running = self._runner.running
         self._stopping = asyncio.Event()
@@ -106,6 +112,11 @@ class Worker:
         """Event-loop stalls seen so far (see :class:`~conveyor.worker.watchdog.LoopStall`)."""
         return list(self._watchdog.stalls)
 
+    def loop_lag(self) -> float:
+        """The longest event-loop lag seen since the last call, in seconds (how late the
+        watchdog's heartbeat, due every few hundredths of a second, ran)."""
+        return self._watchdog.take_peak()
+
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -115,15 +126,73 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
-        """Open the backend and start claiming in the background of this event loop."""
+        """Open the backend, run the lifespan and middlewares' start-up, then start claiming in
+        the background of this event loop.
+
+        A lifespan or middleware that fails to start raises :class:`StartupError`, and nothing
+        is claimed.
+        """
         if self._started:
             return
-        # started only once everything is up: a start that failed (the backend is down) can be
-        # tried again, and stop() after it has nothing to stop
-        await self.queue.open()
-        self._unwatch = await self.queue.backend.watch_cancellations(self._cancel_pushed)
-        if self._started:  # another start() finished while this one awaited
+        async with self._start_lock:
+            if self._started:  # another start() finished while this one waited
+                return
+            # started only once everything is up: a start that failed (the backend is down) can
+            # be tried again, and stop() after it has nothing to stop
+            await self.queue.open()
+            self._exit_stack = await self._start_up()
+            try:
+                self._unwatch = await self.queue.backend.watch_cancellations(self._cancel_pushed)
+            except BaseException:
+                await self._shut_down()
+                raise
+            self._begin()
+
+    async def _start_up(self) -> contextlib.AsyncExitStack:
+        """Enter the queue's lifespan, then each middleware's ``startup``; undone on failure."""
+        queue = self.queue
+        stack = contextlib.AsyncExitStack()
+        what = "the queue's lifespan"
+        try:
+            if queue.worker_lifespan is not None:
+                if any(t.cpu for t in queue.tasks.values()) and locate(queue) is None:
+                    raise ConfigError(
+                        "the queue has a lifespan and cpu=True tasks, whose processes run the "
+                        "lifespan too and find it by importing the queue: make the Queue a "
+                        "module-level global"
+                    )
+                state = await stack.enter_async_context(queue.worker_lifespan(queue))
+                if state is not None:
+                    if not isinstance(state, Mapping):
+                        raise ConfigError(
+                            f"a lifespan yields a mapping of state or None, not {type(state).__name__}"
+                        )
+                    self.state.update(state)
+            for mw in queue.middleware:
+                what = f"middleware {mw!r}"
+                await mw.startup(self)
+                stack.push_async_callback(mw.shutdown, self)
+        except Exception as exc:
+            try:
+                await stack.aclose()
+            except Exception:
+                log.exception("worker %s: undoing a failed start-up failed too", self.id)
+            raise StartupError(
+                f"worker {self.id} did not start: {what} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        return stack
+
+    async def _shut_down(self) -> None:
+        """Each middleware's ``shutdown``, then the end of the lifespan; errors are logged."""
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is None:
             return
+        try:
+            await stack.aclose()
+        except Exception:
+            log.exception("worker %s: the lifespan or a middleware failed to shut down", self.id)
+
+    def _begin(self) -> None:
         self._started = True
         self.queue.backend.deliver_to(self.id, self._take_pushed)
         self._watchdog.start()
@@ -200,7 +269,8 @@ class Worker:
         if self._unwatch is not None:
             self._unwatch()
         self._watchdog.stop()
-        self._runner.close()
+        await self._runner.close()
+        await self._shut_down()
         log.info("worker %s stopped (%s)", self.id, dict(self.counts))
 
     # -- the claim loop --------------------------------------------------------------------

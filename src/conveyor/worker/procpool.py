@@ -9,7 +9,12 @@ pipe: nothing is pickled.
 
 Children ignore SIGINT and SIGTERM: a Ctrl-C or a service stop reaches the whole process group,
 and shutdown is the worker's call (drain within grace, then kill and put back). A child whose
-worker is gone exits on its own.
+worker is gone exits on its own. At shutdown idle children are let go (their pipe closed): they
+end the queue's lifespan and exit; busy ones are killed.
+
+A child runs the queue's lifespan itself: it imports the queue by the name :func:`locate` finds
+for it (so a queue with a lifespan and cpu tasks is a module-level global), and the child's log
+records come back here, to be logged inside the job's attempt.
 """
 
 from __future__ import annotations
@@ -18,21 +23,65 @@ import asyncio
 import atexit
 import contextlib
 import json
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from conveyor.logs import current_job
 from conveyor.model import ErrorInfo
 from conveyor.worker.child import child_main
 
-__all__ = ["ChildInterrupted", "ProcessPool", "RemoteError"]
+if TYPE_CHECKING:
+    from conveyor.queue import Queue
+
+__all__ = ["ChildInterrupted", "ProcessPool", "RemoteError", "locate"]
+
+#: seconds an idle child has at shutdown to end its lifespan and exit before it is killed
+CHILD_EXIT_GRACE = 5.0
+
+
+def locate(obj: object) -> str | None:
+    """``module:name`` of a module-level global that is ``obj`` (how a child imports it), or None."""
+    for name, module in list(sys.modules.items()):
+        if name == "__mp_main__" or module is None:
+            continue
+        for attr, value in list(getattr(module, "__dict__", {}).items()):
+            if value is obj:
+                return f"{name}:{attr}"
+    return None
+
+
+def _relog(child_pid: int, message: dict[str, Any]) -> None:
+    """Log a record a child sent, here: inside the job's attempt when it came from the job."""
+    logger = logging.getLogger(message.get("name") or "root")
+    level = int(message.get("level", logging.INFO))
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(
+        logger.name, level, str(message.get("file", "")), int(message.get("line") or 0),
+        str(message.get("msg", "")), (), None, func=message.get("func"),
+    )
+    record.created = float(message.get("created") or time.time())
+    record.process = child_pid
+    record.exc_text = message.get("exc")
+    if message.get("in_job"):
+        logger.handle(record)
+        return
+    token = current_job.set(None)  # said while the child started: not the job's
+    try:
+        logger.handle(record)
+    finally:
+        current_job.reset(token)
 
 
 class RemoteError(Exception):
@@ -80,8 +129,10 @@ class _Child:
 class ProcessPool:
     """Up to ``size`` child processes, started on first use."""
 
-    def __init__(self, size: int | None = None) -> None:
+    def __init__(self, size: int | None = None, queue: Queue | None = None) -> None:
         self.size = size or os.cpu_count() or 1
+        self.queue = queue
+        self._startup: dict[str, Any] | None = None  # what each child is started with
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: list[_Child] = []
         self._slots: asyncio.Semaphore | None = None
@@ -97,9 +148,16 @@ class ProcessPool:
                 atexit.register(_close_live_pools)
                 _exit_hooked.append(True)
             _live_pools.add(self)
+        if self._startup is None:
+            queue = self.queue
+            self._startup = {
+                "queue": locate(queue) if queue is not None and queue.worker_lifespan else None,
+                "log_level": logging.getLogger().getEffectiveLevel(),
+            }
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=child_main, args=(child, os.getpid()), daemon=True, name="conveyor-cpu"
+            target=child_main, args=(child, os.getpid(), self._startup), daemon=True,
+            name="conveyor-cpu",
         )
         process.start()
         child.close()
@@ -169,6 +227,7 @@ class ProcessPool:
             "module": task.fn.__module__, "qualname": task.fn.__qualname__, "name": task.name,
             "args": record.args, "kwargs": record.kwargs, "job_id": record.id,
             "queue": record.queue, "attempt": record.attempts,
+            "meta": dict(getattr(record, "meta", None) or {}),
         }).encode()
         async with self._slots:
             child = await self._checkout(loop)
@@ -186,6 +245,10 @@ class ProcessPool:
                             fraction, message = reply["progress"]
                             with contextlib.suppress(Exception):
                                 report(fraction, message)
+                        continue
+                    if "log" in reply:
+                        with contextlib.suppress(Exception):
+                            _relog(child.process.pid or 0, reply["log"])
                         continue
                     break
             except asyncio.CancelledError:
@@ -205,13 +268,31 @@ class ProcessPool:
                     "message": f"the task's process ended unexpectedly (exit code {code}): {exc!r}",
                     "traceback": "",
                 }) from None
-            if self._closed:
+            if self._closed or reply.get("retire"):
                 self._kill(child)
             else:
                 self._idle.append(child)
         if "error" in reply:
             raise RemoteError(reply["error"], permanent=bool(reply.get("permanent")))
         return reply["ok"]
+
+    async def shutdown(self, grace: float = CHILD_EXIT_GRACE) -> None:
+        """Let idle children end their lifespan and exit (within ``grace`` seconds); kill the rest."""
+        with self._lock:
+            self._closed = True
+        idle, self._idle = self._idle, []
+        for child in idle:
+            with contextlib.suppress(Exception):
+                child.conn.close()  # the child reads EOF: it ends its lifespan and returns
+
+        def wait() -> None:
+            deadline = time.monotonic() + grace
+            for child in idle:
+                child.process.join(max(0.0, deadline - time.monotonic()))
+
+        if idle:
+            await asyncio.get_running_loop().run_in_executor(None, wait)
+        self.close()
 
     def close(self) -> None:
         """Stop every child, and any that is still starting."""

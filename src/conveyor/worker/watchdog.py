@@ -49,6 +49,8 @@ class LoopWatchdog:
         self._handle: asyncio.TimerHandle | None = None
         self._loop_thread = 0
         self._interval = min(0.05, threshold / 4)
+        self._due = 0.0  # when the next heartbeat should run
+        self._peak = 0.0  # the latest heartbeat's lateness, at most, since take_peak()
 
     def start(self) -> None:
         """Begin watching the running loop."""
@@ -66,8 +68,16 @@ class LoopWatchdog:
         if self._thread is not None:
             self._thread.join(timeout=1)
 
+    def take_peak(self) -> float:
+        """The most a heartbeat ran late since the last call (the loop's lag), in seconds."""
+        peak, self._peak = self._peak, 0.0
+        return peak
+
     def _tick(self) -> None:
-        self._beat = time.monotonic()
+        now = self._beat = time.monotonic()
+        if self._due and now - self._due > self._peak:
+            self._peak = now - self._due
+        self._due = now + self._interval
         assert self._loop is not None
         self._handle = self._loop.call_later(self._interval, self._tick)
 

@@ -211,7 +211,7 @@ class RedisBackend(Backend):
              job.key, job.unique, str(job.max_attempts),
              "" if job.timeout is None else repr(float(job.timeout)), ts(job.enqueued_at),
              shifted(job.scheduled_for, skew), "" if job.retry is None else dump_json(job.retry),
-             job.supersede]
+             job.supersede, dump_json(job.meta) if job.meta else ""]
             for job in jobs
         ])
         if len(batch) > MAX_ENQUEUE_BYTES:  # ASCII JSON (ensure_ascii): characters are bytes

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from conveyor.model import JobRecord, JobStatus, from_timestamp
-from conveyor.serde import load_stored
+from conveyor.serde import load_meta, load_stored
 
 __all__ = ["FIELDS", "dt", "record", "ts"]
 
@@ -15,7 +15,7 @@ FIELDS = (
     "id", "task", "queue", "status", "args", "kwargs", "priority", "key", "unique", "attempts",
     "max_attempts", "timeout", "enqueued_at", "scheduled_for", "started_at", "finished_at",
     "result", "error", "progress", "retry", "worker", "cancel_requested", "lease_token",
-    "lease_expires_at",
+    "lease_expires_at", "meta",
 )
 
 
@@ -43,5 +43,5 @@ def record(v: Sequence[str | None]) -> JobRecord:
         result=load_stored(v[16]), error=load_stored(v[17]), progress=load_stored(v[18]),
         retry=load_stored(v[19]),
         worker=v[20], cancel_requested=v[21] == "1", lease_token=v[22],
-        lease_expires_at=dt(v[23]),
+        lease_expires_at=dt(v[23]), meta=load_meta(v[24] if len(v) > 24 else None),
     )

@@ -20,7 +20,7 @@ from conveyor.backends.doorbell import ChangeFeed, Doorbell
 from conveyor.backends.sqlite.schema import apply_schema
 from conveyor.errors import BackendError, ConfigError
 from conveyor.model import Event, JobRecord, JobStatus, from_timestamp
-from conveyor.serde import dump_json, load_stored
+from conveyor.serde import dump_json, load_meta, load_stored
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ class Settled(NamedTuple):
 COLUMNS = (
     "id, task, queue, status, args, kwargs, priority, key, unique_key, attempts, max_attempts, "
     "timeout, enqueued_at, scheduled_for, started_at, finished_at, result, error, progress, retry, "
-    "worker, cancel_requested, lease_token, lease_expires_at"
+    "worker, cancel_requested, lease_token, lease_expires_at, meta"
 )
 
 
@@ -70,7 +70,7 @@ def record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
         finished_at=from_timestamp(row[15]), result=load_stored(row[16]), error=load_stored(row[17]),
         progress=load_stored(row[18]), retry=load_stored(row[19]), worker=row[20],
         cancel_requested=bool(row[21]), lease_token=row[22],
-        lease_expires_at=from_timestamp(row[23]),
+        lease_expires_at=from_timestamp(row[23]), meta=load_meta(row[24]),
     )
 
 

@@ -8,7 +8,9 @@ triggers; then the new version. Every step is idempotent.
 Versions: 1 (or no version row) is the first schema; 2 replaced the claim index (which also held
 scheduled jobs not yet due, so claims walked past them) by ``conveyor_jobs_ready`` and
 ``conveyor_jobs_due``, and the position index by a (queue, status, position) list index, and added the
-``conveyor_counts`` table that triggers keep for ``stats()``. A process still running the code
+``conveyor_counts`` table that triggers keep for ``stats()``. The ``meta`` column (a job's metadata)
+came later without a new version: it is added on open, and older code, which does not select it,
+runs on such a database as before (jobs it enqueues have no meta). A process still running the code
 of version 1 cannot open a database at version 2 (the names of the indexes it would create stay
 taken), and one still running when the upgrade happens can no longer claim: stop the workers of
 the old version before the new one opens the database, as a job it finished afterwards would be
@@ -25,7 +27,13 @@ from conveyor.errors import BackendError
 __all__ = ["VERSION", "apply_schema"]
 
 VERSION = 2
-_ADDED_COLUMNS = {"lost": "INTEGER NOT NULL DEFAULT 0", "due": "INTEGER NOT NULL DEFAULT 0"}
+# columns added since a database was first made, added on open whatever its version: code that
+# does not know a column leaves it alone (``meta``, NULL when a job has none, needs no version)
+_ADDED_COLUMNS = {
+    "lost": "INTEGER NOT NULL DEFAULT 0",
+    "due": "INTEGER NOT NULL DEFAULT 0",
+    "meta": "TEXT",
+}
 _INDEXES_MARK = "-- indexes\n"
 
 

@@ -8,6 +8,7 @@
 --   (claim counts it as leaving 'scheduled') and goes back to 0 whenever the job is put back as
 --   queued or scheduled.
 -- conveyor_counts: how many jobs each (queue, status) holds, kept by the triggers, for stats().
+-- conveyor_jobs.meta: the job's metadata as a JSON object of strings; NULL when it has none.
 CREATE TABLE IF NOT EXISTS conveyor_jobs (
     id TEXT PRIMARY KEY,
     pos INTEGER NOT NULL,
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     lease_expires_at REAL,
     last_event INTEGER NOT NULL DEFAULT 0,
     lost INTEGER NOT NULL DEFAULT 0,
-    due INTEGER NOT NULL DEFAULT 0
+    due INTEGER NOT NULL DEFAULT 0,
+    meta TEXT
 );
 CREATE TABLE IF NOT EXISTS conveyor_events (
     job_id TEXT NOT NULL,

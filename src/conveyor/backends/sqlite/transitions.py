@@ -30,7 +30,8 @@ class TransitionVerbs(SQLiteCore):
     # -- transitions -----------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         rows = [
-            (job, dump_json(job.args), dump_json(job.kwargs), dump_json(job.retry) if job.retry else None)
+            (job, dump_json(job.args), dump_json(job.kwargs), dump_json(job.retry) if job.retry else None,
+             dump_json(job.meta) if job.meta else None)
             for job in jobs
         ]
 
@@ -38,7 +39,7 @@ class TransitionVerbs(SQLiteCore):
             out: list[JobRecord] = []
             pos = self._next_pos(conn, len(rows))
             added: list[tuple[str, int, str, int]] = []
-            for job, args, kwargs, retry in rows:
+            for job, args, kwargs, retry, meta in rows:
                 # an id stored already (a call sent again, or twice in one batch): that job,
                 # unchanged, as every backend answers
                 row = conn.execute(
@@ -80,11 +81,11 @@ class TransitionVerbs(SQLiteCore):
                 conn.execute(
                     "INSERT INTO conveyor_jobs (id, pos, task, queue, status, args, kwargs, priority, "
                     "key, unique_key, blocked, max_attempts, timeout, enqueued_at, scheduled_for, "
-                    "run_at, retry, last_event) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    "run_at, retry, meta, last_event) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (job.id, pos, job.task, job.queue, status.value, args, kwargs, job.priority,
                      job.key, job.unique, blocked, job.max_attempts, job.timeout,
-                     ts(job.enqueued_at), ts(job.scheduled_for), run_at, retry),
+                     ts(job.enqueued_at), ts(job.scheduled_for), run_at, retry, meta),
                 )
                 pos += 1
                 added.append((job.id, 1, status.value, 0))  # its first event, numbered as stored
@@ -93,6 +94,7 @@ class TransitionVerbs(SQLiteCore):
                     kwargs=job.kwargs, priority=job.priority, key=job.key, unique=job.unique,
                     max_attempts=job.max_attempts, timeout=job.timeout,
                     enqueued_at=job.enqueued_at, scheduled_for=job.scheduled_for, retry=job.retry,
+                    meta=job.meta,
                 ))
             self._append_status(conn, now, added)
             return out

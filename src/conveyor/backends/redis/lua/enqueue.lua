@@ -1,7 +1,8 @@
 -- Store new jobs, in order. ARGV[4] the client's clock when it sent them (see on_redis_clock).
 -- ARGV[3] = a JSON array with one array per job:
 -- [id, task, queue, args, kwargs, priority, key, unique, max_attempts, timeout, enqueued_at,
---  scheduled_for, retry, supersede]: args, kwargs and retry are JSON text (stored as they are),
+--  scheduled_for, retry, supersede, meta]: args, kwargs, retry and meta are JSON text (stored as
+--  they are; meta '' when the job has none),
 -- key and unique are null when absent, timeout, scheduled_for and retry '' when absent,
 -- supersede a boolean; numbers are strings, so nothing is rounded on the way.
 -- Returns per job: its status (stored now, followed by ' <due time>' when it has one), or the
@@ -63,6 +64,7 @@ for i, job in ipairs(jobs) do
     if job[10] ~= '' then fields[#fields + 1] = 'timeout'; fields[#fields + 1] = job[10] end
     if due ~= '' then fields[#fields + 1] = 'scheduled_for'; fields[#fields + 1] = due end
     if job[13] ~= '' then fields[#fields + 1] = 'retry'; fields[#fields + 1] = job[13] end
+    if job[15] and job[15] ~= '' then fields[#fields + 1] = 'meta'; fields[#fields + 1] = job[15] end
     redis.call('HSET', jk, unpack(fields))
     relist(id, q, nil, status, seq)
     redis.call('SADD', P .. ':queues', q)

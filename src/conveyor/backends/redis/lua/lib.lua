@@ -32,7 +32,7 @@ local FIELDS = {
   'id', 'task', 'queue', 'status', 'args', 'kwargs', 'priority', 'key', 'unique', 'attempts',
   'max_attempts', 'timeout', 'enqueued_at', 'scheduled_for', 'started_at', 'finished_at',
   'result', 'error', 'progress', 'retry', 'worker', 'cancel_requested', 'lease_token',
-  'lease_expires_at',
+  'lease_expires_at', 'meta',
 }
 
 local function clock()
@@ -307,9 +307,9 @@ local function take(id, worker, token, lease_until, now)
   local f = redis.call('HMGET', jk, unpack(FIELDS_EV))
   local status, q = f[4], f[3]
   if status ~= 'queued' and status ~= 'scheduled' then return nil end
-  local n = (tonumber(f[25]) or 0) + 1
-  relist(id, q, status, 'running', f[26])
-  f[25], f[26] = nil, nil
+  local n = (tonumber(f[26]) or 0) + 1
+  relist(id, q, status, 'running', f[27])
+  f[26], f[27] = nil, nil
   local attempts = (tonumber(f[10]) or 0) + 1
   local expires = ts(lease_until)
   local at = ts(now)
