@@ -35,7 +35,7 @@ class PostgresCore(Backend):
         self.s = s  # the schema, quoted, for statements
         self._sql_enqueue = (
             f"SELECT o_ord, o_id, o_status, o_existing FROM {s}.enqueue("
-            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         )
 
     # -- lifecycle -------------------------------------------------------------------------

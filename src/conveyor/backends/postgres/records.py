@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from conveyor.model import JobRecord, JobStatus
-from conveyor.serde import load_stored
+from conveyor.serde import load_meta, load_stored
 
 __all__ = ["COLUMNS", "Row", "record", "record_from_json"]
 
@@ -21,7 +21,7 @@ class Row(Protocol):
 COLUMNS = (
     "id, task, queue, status, args, kwargs, priority, key, unique_key, attempts, max_attempts, "
     "timeout, enqueued_at, scheduled_for, started_at, finished_at, result, error, progress, "
-    "retry, worker, cancel_requested, lease_token, lease_expires_at, pos"
+    "retry, worker, cancel_requested, lease_token, lease_expires_at, pos, meta"
 )
 
 
@@ -43,6 +43,7 @@ def record(row: Row | list[Any]) -> JobRecord:
         finished_at=_utc(row[15]), result=load_stored(row[16]), error=load_stored(row[17]),
         progress=load_stored(row[18]), retry=load_stored(row[19]), worker=row[20],
         cancel_requested=row[21], lease_token=row[22], lease_expires_at=_utc(row[23]),
+        meta=load_meta(row[25]),
     )
 
 
@@ -60,5 +61,5 @@ def record_from_json(text: str) -> JobRecord:
         _when(row["enqueued_at"]), _when(row["scheduled_for"]),
         _when(row["started_at"]), _when(row["finished_at"]), row["result"], row["error"],
         row["progress"], row["retry"], row["worker"], row["cancel_requested"],
-        row["lease_token"], _when(row["lease_expires_at"]),
+        row["lease_token"], _when(row["lease_expires_at"]), row["pos"], row.get("meta"),
     ])

@@ -51,12 +51,12 @@ def enqueue_sql(schema: str) -> str:
         f'SELECT o_ord, o_id, o_status, o_existing, o_record FROM "{schema}".enqueue('
         "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::text[], "
         "$8::text[], $9::integer[], $10::double precision[], $11::timestamptz[], "
-        "$12::timestamptz[], $13::text[], $14::boolean[])"
+        "$12::timestamptz[], $13::text[], $14::boolean[], $15::text[])"
     )
 
 
 def enqueue_params(jobs: Sequence[JobRecord]) -> tuple[list[Any], ...]:
-    """The enqueue statement's 14 array parameters for ``jobs``; PayloadTooLarge past the limits."""
+    """The enqueue statement's 15 array parameters for ``jobs``; PayloadTooLarge past the limits."""
     if len(jobs) > MAX_ENQUEUE_JOBS:
         raise PayloadTooLarge(
             f"{len(jobs)} jobs in one enqueue: PostgreSQL takes at most {MAX_ENQUEUE_JOBS} per "
@@ -78,6 +78,7 @@ def enqueue_params(jobs: Sequence[JobRecord]) -> tuple[list[Any], ...]:
         [job.enqueued_at for job in jobs], [job.scheduled_for for job in jobs],
         [None if job.retry is None else dump_json(job.retry) for job in jobs],
         [job.supersede for job in jobs],
+        [dump_json(dict(job.meta)) if job.meta else None for job in jobs],
     )
 
 

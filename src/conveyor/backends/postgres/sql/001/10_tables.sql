@@ -44,6 +44,7 @@ CREATE TABLE @s@.jobs (
     error text,
     progress text,
     retry text,
+    meta text,
     worker text,
     cancel_requested boolean NOT NULL DEFAULT false,
     lease_token text COLLATE "C",

@@ -9,7 +9,7 @@ CREATE FUNCTION @s@.enqueue(
     p_ids text[], p_tasks text[], p_queues text[], p_args text[], p_kwargs text[],
     p_priorities integer[], p_keys text[], p_uniques text[], p_max_attempts integer[],
     p_timeouts double precision[], p_enqueued_at timestamptz[], p_scheduled_for timestamptz[],
-    p_retries text[], p_supersede boolean[]
+    p_retries text[], p_supersede boolean[], p_meta text[]
 ) RETURNS TABLE (o_ord integer, o_id text, o_status text, o_existing boolean, o_record text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
@@ -44,15 +44,15 @@ BEGIN
     WITH ins AS (
         INSERT INTO @s@.jobs (id, pos, task, queue, status, args, kwargs, priority,
                               max_attempts, timeout, enqueued_at, scheduled_for, run_at, retry,
-                              last_event)
+                              meta, last_event)
         SELECT u.id, v_pos[u.i], u.task, u.queue,
                CASE WHEN u.sched > v_now THEN 'scheduled' ELSE 'queued' END,
                u.args, u.kwargs, u.prio, u.maxa, u.tmo, u.enq, u.sched,
-               coalesce(u.sched, v_now), u.retry, 1
+               coalesce(u.sched, v_now), u.retry, u.meta, 1
         FROM unnest(p_ids, p_tasks, p_queues, p_args, p_kwargs, p_priorities, p_keys, p_uniques,
-                    p_max_attempts, p_timeouts, p_enqueued_at, p_scheduled_for, p_retries)
+                    p_max_attempts, p_timeouts, p_enqueued_at, p_scheduled_for, p_retries, p_meta)
              WITH ORDINALITY AS u(id, task, queue, args, kwargs, prio, key, uniq, maxa, tmo, enq,
-                                  sched, retry, i)
+                                  sched, retry, meta, i)
         WHERE u.key IS NULL AND u.uniq IS NULL
         ORDER BY u.i
         ON CONFLICT DO NOTHING
@@ -82,9 +82,9 @@ BEGIN
                CASE WHEN u.sched > v_now THEN 'scheduled' ELSE 'queued' END AS st
         FROM unnest(p_ids, p_tasks, p_queues, p_args, p_kwargs, p_priorities, p_keys, p_uniques,
                     p_max_attempts, p_timeouts, p_enqueued_at, p_scheduled_for, p_retries,
-                    p_supersede)
+                    p_supersede, p_meta)
              WITH ORDINALITY AS u(id, task, queue, args, kwargs, prio, key, uniq, maxa, tmo, enq,
-                                  sched, retry, supersede, i)
+                                  sched, retry, supersede, meta, i)
         WHERE v_special AND (u.key IS NOT NULL OR u.uniq IS NOT NULL)
         ORDER BY u.i
     LOOP
@@ -95,12 +95,12 @@ BEGIN
             -- value and then skips, so no two active jobs ever share one
             INSERT INTO @s@.jobs (id, pos, task, queue, status, args, kwargs, priority, key,
                                   unique_key, blocked, max_attempts, timeout, enqueued_at,
-                                  scheduled_for, run_at, retry, last_event)
+                                  scheduled_for, run_at, retry, meta, last_event)
             VALUES (r.id, r.pos, r.task, r.queue, r.st, r.args, r.kwargs, r.prio, r.key, r.uniq,
                     r.key IS NOT NULL AND EXISTS (
                         SELECT 1 FROM @s@.jobs j WHERE j.queue = r.queue AND j.key = r.key
                           AND j.status IN ('queued', 'scheduled', 'running')),
-                    r.maxa, r.tmo, r.enq, r.sched, coalesce(r.sched, v_now), r.retry, 1)
+                    r.maxa, r.tmo, r.enq, r.sched, coalesce(r.sched, v_now), r.retry, r.meta, 1)
             ON CONFLICT DO NOTHING
             RETURNING id, status INTO o_id, o_status;
             IF FOUND THEN
