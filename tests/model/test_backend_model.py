@@ -31,7 +31,7 @@ _COMMON = {
     "suppress_health_check": list(HealthCheck),
 }
 #: the short profile: part of ``make test`` (all backends together well under a minute)
-SHORT = settings(max_examples=30, stateful_step_count=40, **_COMMON)  # type: ignore[arg-type]
+SHORT = settings(max_examples=20, stateful_step_count=40, **_COMMON)  # type: ignore[arg-type]
 #: the long profile: ``pytest tests/model -m model_long``
 LONG = settings(max_examples=500, stateful_step_count=60, **_COMMON)  # type: ignore[arg-type]
 

@@ -25,7 +25,7 @@ async def test_a_job_claimed_again_stops_the_stale_attempt_and_keeps_the_new_one
 
     acks: list[Any] = []
     runner = Runner(queue, worker_id="w", concurrency=4, cpu_workers=None,
-                    counts=Counter(), on_success=acks.append)
+                    counts=Counter(), on_success=acks.append, state={})
     first = JobRecord(id="job-1", task="wait", status=JobStatus.RUNNING, attempts=1,
                       lease_token="old")
     runner.launch(first)
