@@ -7,7 +7,7 @@ import inspect
 import math
 import string
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -62,6 +62,8 @@ class Options:
     supersede: bool | None = None
     timeout: float | None = None
     retries: Retry | None = None
+    #: the application's connection whose open transaction the job is written in (PostgreSQL)
+    connection: object | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +124,11 @@ class Task(Generic[P, R]):
 
     def _check_key(self, template: str) -> None:
         names = set(self.signature.signature.parameters)
-        for field in _key_fields(template):
-            root = field.split(".")[0].split("[")[0]
+        for part in _key_fields(template):
+            root = part.split(".")[0].split("[")[0]
             if not root or root not in names:
                 raise ConfigError(
-                    f"task {self.name!r}: key template {template!r} names {field!r}, "
+                    f"task {self.name!r}: key template {template!r} names {part!r}, "
                     f"which is not one of its parameters {sorted(names)}"
                 )
 
@@ -134,9 +136,14 @@ class Task(Generic[P, R]):
         self, *, delay: float | timedelta | None = None, at: datetime | None = None,
         priority: int | None = None, key: str | None = None, unique: str | None = None,
         supersede: bool | None = None, timeout: float | timedelta | None = None,
-        retries: Retry | int | None = None,
+        retries: Retry | int | None = None, connection: object | None = None,
     ) -> TaskCall[P, R]:
-        """The same task with options for the next enqueue (delay, priority, key, unique, ...)."""
+        """The same task with options for the next enqueue (delay, priority, key, unique, ...).
+
+        ``connection=`` (PostgreSQL queues) writes the job inside the open transaction of the
+        application's connection (a SQLAlchemy ``AsyncSession``/``AsyncConnection``, asyncpg or
+        psycopg 3): it exists, and workers are woken, only if that transaction commits.
+        """
         if delay is not None and at is not None:
             raise OptionError("give delay= or at=, not both")
         if at is not None:
@@ -151,7 +158,7 @@ class Task(Generic[P, R]):
         return TaskCall(self, Options(
             delay=seconds(delay, "delay"), at=at, priority=priority, key=key, unique=unique,
             supersede=supersede, timeout=seconds(timeout, "timeout", positive=True),
-            retries=Retry.of(retries),
+            retries=Retry.of(retries), connection=connection,
         ))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
@@ -237,5 +244,5 @@ class TaskCall(Generic[P, R]):
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Store the job; return its handle."""
         prepared = self.prepare(*args, **kwargs)
-        (job,) = await self.task.queue.enqueue_many([prepared])
+        (job,) = await self.task.queue.enqueue_many([prepared], connection=self.opts.connection)
         return job
