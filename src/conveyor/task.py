@@ -209,6 +209,14 @@ class TaskCall(Generic[P, R]):
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
         """Validate the call and build its job record."""
+        if self.opts.connection is not None:
+            raise OptionError(
+                "connection= belongs to the call that writes: for a batch, pass it to "
+                "queue.enqueue_many([...], connection=...)"
+            )
+        return self._prepare(*args, **kwargs)
+
+    def _prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
         task, opts = self.task, self.opts
         bound = task.signature.bind(args, kwargs)
         enc_args, enc_kwargs = task.signature.encode(bound, task.queue.settings.max_payload)
@@ -243,6 +251,6 @@ class TaskCall(Generic[P, R]):
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Store the job; return its handle."""
-        prepared = self.prepare(*args, **kwargs)
+        prepared = self._prepare(*args, **kwargs)
         (job,) = await self.task.queue.enqueue_many([prepared], connection=self.opts.connection)
         return job

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from conveyor import Queue, Task
 from conveyor.backends.postgres import PostgresBackend
 from conveyor.backends.postgres.schema import channels
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, OptionError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,7 +184,7 @@ async def test_a_job_is_stored_and_woken_for_only_when_the_callers_transaction_c
 async def test_enqueue_many_writes_a_batch_in_the_callers_transaction(
     queue: Queue, postgres_database: ThrowawayDatabase
 ) -> None:
-    """enqueue_many(connection=) stores the whole batch on commit, and nothing on rollback."""
+    """enqueue_many(connection=) stores the batch on commit, none on rollback; prepare refuses it."""
     welcome = queue.tasks["welcome"]
     for commit in (False, True):
         async with _transaction("asyncpg", postgres_database.url) as tx:
@@ -194,6 +194,8 @@ async def test_enqueue_many_writes_a_batch_in_the_callers_transaction(
             await tx.end(commit)
         assert await _stored(queue) == (3 if commit else 0)
     assert [r.id for r in reversed(await queue.list_jobs())] == [j.id for j in jobs]
+    with pytest.raises(OptionError, match="enqueue_many"):  # never silently dropped
+        welcome.options(connection=object()).prepare("d")
 
 
 async def test_connections_of_another_kind_or_without_an_open_transaction_are_refused(
