@@ -186,13 +186,19 @@ async def test_enqueue_many_writes_a_batch_in_the_callers_transaction(
 ) -> None:
     """enqueue_many(connection=) stores the batch on commit, none on rollback; prepare refuses it."""
     welcome = queue.tasks["welcome"]
-    for commit in (False, True):
-        async with _transaction("asyncpg", postgres_database.url) as tx:
-            jobs = await queue.enqueue_many(
-                [welcome.prepare(n) for n in ("a", "b", "c")], connection=tx.connection
-            )
-            await tx.end(commit)
-        assert await _stored(queue) == (3 if commit else 0)
+    pool = await asyncpg.create_pool(postgres_database.url, min_size=1, max_size=1)
+    try:
+        for commit in (False, True):
+            async with pool.acquire() as conn:  # a pool's connection (a proxy) works too
+                tr = conn.transaction()
+                await tr.start()
+                jobs = await queue.enqueue_many(
+                    [welcome.prepare(n) for n in ("a", "b", "c")], connection=conn
+                )
+                await (tr.commit() if commit else tr.rollback())
+            assert await _stored(queue) == (3 if commit else 0)
+    finally:
+        await pool.close()
     assert [r.id for r in reversed(await queue.list_jobs())] == [j.id for j in jobs]
     with pytest.raises(OptionError, match="enqueue_many"):  # never silently dropped
         welcome.options(connection=object()).prepare("d")
