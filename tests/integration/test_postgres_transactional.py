@@ -224,6 +224,11 @@ async def test_connections_of_another_kind_or_without_an_open_transaction_are_re
     finally:
         await raw.close()
     await refused(raw, "no open transaction")  # closed
+    pool = await asyncpg.create_pool(url, min_size=0, max_size=1)
+    try:
+        await refused(pool, "connection= takes")  # a pool: acquire a connection of it first
+    finally:
+        await pool.close()
     async with await psycopg.AsyncConnection.connect(url) as pg:
         await refused(pg, "no open transaction")  # idle: nothing begun yet
         await pg.set_autocommit(True)

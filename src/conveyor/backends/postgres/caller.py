@@ -45,17 +45,33 @@ def _not_open(what: str, how: str) -> ConfigError:
     )
 
 
+def _family(connection: object) -> tuple[str, set[str]]:
+    """The library the connection's class (or a base of it: an app may subclass) comes from,
+    and the names of its classes there."""
+    for cls in type(connection).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in ("sqlalchemy", "asyncpg", "psycopg"):
+            names = {c.__name__ for c in type(connection).__mro__ if c.__module__.startswith(root)}
+            return root, names
+    return "", set()
+
+
 def caller_fetch(connection: object) -> Fetch:
     """A Fetch that runs on ``connection``'s open transaction; ConfigError for any other kind,
     or when its transaction is not open."""
-    module = type(connection).__module__
-    if module.startswith("sqlalchemy."):
-        return _sqlalchemy(connection)
-    if module.startswith("asyncpg."):
+    library, names = _family(connection)
+    if library == "sqlalchemy" and names & {"AsyncSession", "AsyncConnection"}:
+        return _sqlalchemy(connection, "AsyncSession" if "AsyncSession" in names else "AsyncConnection")
+    if library == "asyncpg":
         return _asyncpg(connection)
-    if module.startswith("psycopg.") or module == "psycopg":
+    if library == "psycopg" and "AsyncConnection" in names:
         return _psycopg(connection)
-    raise ConfigError(f"connection= takes {_KINDS}; got {_kind(connection)}")
+    if library == "psycopg" and "Connection" in names:
+        raise ConfigError(
+            f"connection= takes a psycopg AsyncConnection (conveyor is async); got {_kind(connection)}"
+        )
+    hint = " (a synchronous Session or Connection cannot be awaited)" if library == "sqlalchemy" else ""
+    raise ConfigError(f"connection= takes {_KINDS}; got {_kind(connection)}{hint}")
 
 
 def _asyncpg(conn: Any) -> Fetch:
@@ -78,12 +94,6 @@ def _psycopg_open(conn: Any) -> bool:
 
 
 def _psycopg(conn: Any) -> Fetch:
-    if not hasattr(conn, "info") or not callable(getattr(conn, "cursor", None)):
-        raise ConfigError(f"connection= takes {_KINDS}; got {_kind(conn)}")
-    if type(conn).__name__ != "AsyncConnection":
-        raise ConfigError(
-            f"connection= takes a psycopg AsyncConnection (conveyor is async); got {_kind(conn)}"
-        )
     if conn.closed or not _psycopg_open(conn):
         raise _not_open(
             "psycopg connection",
@@ -103,15 +113,7 @@ def _psycopg(conn: Any) -> Fetch:
     return fetch
 
 
-def _sqlalchemy(session_or_conn: Any) -> Fetch:
-    name = type(session_or_conn).__name__
-    if name not in ("AsyncSession", "AsyncConnection") or not callable(
-        getattr(session_or_conn, "in_transaction", None)
-    ):
-        raise ConfigError(
-            f"connection= takes {_KINDS}; got {_kind(session_or_conn)} (a synchronous Session "
-            "or Connection cannot be awaited)"
-        )
+def _sqlalchemy(session_or_conn: Any, name: str) -> Fetch:
     if name == "AsyncConnection" and session_or_conn.closed:
         raise _not_open("SQLAlchemy AsyncConnection", "it is closed")
     if not session_or_conn.in_transaction():
@@ -120,19 +122,19 @@ def _sqlalchemy(session_or_conn: Any) -> Fetch:
             "enqueue inside `async with session.begin():` (or `conn.begin()`), or after a "
             "statement or flush of the transaction",
         )
-    bind = session_or_conn.get_bind() if name == "AsyncSession" else session_or_conn
-    dialect = bind.dialect
-    if dialect.name != "postgresql" or dialect.driver not in ("asyncpg", "psycopg"):
-        raise ConfigError(
-            f"connection=: a SQLAlchemy {name} on {dialect.name}+{dialect.driver}; conveyor's "
-            "jobs live in PostgreSQL, through the asyncpg or psycopg dialect"
-        )
-    placeholder = "%s" if dialect.paramstyle in ("format", "pyformat") else None
 
     async def fetch(sql: str, params: Sequence[Any]) -> Sequence[Row]:
+        # the session's connection of its open transaction (no new transaction is begun)
         conn = await session_or_conn.connection() if name == "AsyncSession" else session_or_conn
-        statement = sql if placeholder is None else _PLACEHOLDER.sub(placeholder, sql)
-        result = await conn.exec_driver_sql(statement, tuple(params))
+        dialect = conn.dialect
+        if dialect.name != "postgresql" or dialect.driver not in ("asyncpg", "psycopg"):
+            raise ConfigError(
+                f"connection=: a SQLAlchemy {name} on {dialect.name}+{dialect.driver}; conveyor's "
+                "jobs live in PostgreSQL, through the asyncpg or psycopg dialect"
+            )
+        if dialect.paramstyle in ("format", "pyformat"):  # psycopg: %s; asyncpg: $1 as written
+            sql = _PLACEHOLDER.sub("%s", sql)
+        result = await conn.exec_driver_sql(sql, tuple(params))
         rows: Sequence[Row] = result.fetchall()
         return rows
 
