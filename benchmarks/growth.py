@@ -33,6 +33,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.bench_app import make_queue
+from benchmarks.pg_growth import is_postgres
+from benchmarks.pg_growth import probe as pg_probe
+from benchmarks.pg_growth import store_bytes as pg_store_bytes
 from conveyor import Queue
 from conveyor.backends.base import Ack, Backend, Lease
 from conveyor.model import ErrorInfo, JobRecord, JobStatus, new_id, utcnow
@@ -191,7 +194,10 @@ def sqlite_path(url: str) -> str | None:
 
 
 async def store_bytes(url: str) -> int:
-    """SQLite: the database's pages (WAL included, as a reader sees it); Redis: ``used_memory``."""
+    """SQLite: the database's pages (WAL included, as a reader sees it); Redis: ``used_memory``;
+    PostgreSQL: the tables and indexes of conveyor's schema."""
+    if is_postgres(url):
+        return await pg_store_bytes(url)
     path = sqlite_path(url)
     if path is not None:
         conn = sqlite3.connect(path)
@@ -217,11 +223,14 @@ def _probe(url: str, ready: EventType, stop: EventType, out: Connection) -> None
 
     SQLite: ``BEGIN IMMEDIATE; INSERT; COMMIT`` on a table of its own, with no busy timeout and an
     immediate retry while the database is locked, so a wait is measured to ~0.1 ms rather than to
-    SQLite's busy-handler sleeps. Redis: one ``INCR`` per round trip.
+    SQLite's busy-handler sleeps. Redis: one ``INCR`` per round trip. PostgreSQL: one ``INSERT``
+    per transaction (benchmarks/pg_growth.py).
     """
     path = sqlite_path(url)
     waits: list[float] = []
-    if path is not None:
+    if is_postgres(url):  # INSERT and commit, one row at a time
+        pg_probe(url, ready, stop, waits)
+    elif path is not None:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None)
         conn.execute("PRAGMA synchronous=NORMAL")  # its own commit should cost next to nothing
         conn.execute("CREATE TABLE IF NOT EXISTS bench_probe (at REAL)")

@@ -60,6 +60,7 @@ class Params:
     repeat: int = 3  # runs of each measurement; the median of each figure is kept
     growth: int = 1_000_000  # finished jobs in the grown store (and a tenth as many delayed)
     growth_rounds: int = 50  # timed calls of each growth figure (claims; enqueues are twice that)
+    snapshot: float = 60.0  # seconds of churn with (and without) a REPEATABLE READ snapshot held
     soak: int = 1_000_000  # jobs one worker runs while its RSS is read (only with --soak)
     worker_prefix: tuple[str, ...] = ()  # e.g. ("py-spy", "record", "-o", "x.svg", "--")
 
@@ -292,6 +293,13 @@ async def measure_growth(url: str, p: Params) -> dict[str, float]:
     return await growth(url, p.growth, p.growth_rounds)
 
 
+async def measure_snapshot_drain(url: str, p: Params) -> dict[str, float]:
+    """PostgreSQL: drain while another session holds a REPEATABLE READ snapshot (pg_growth.py)."""
+    from benchmarks.pg_growth import measure_snapshot_drain as snapshot_drain
+
+    return await snapshot_drain(url, p.snapshot)
+
+
 async def measure_soak(url: str, p: Params) -> dict[str, float]:
     """One worker process's RSS over ``p.soak`` jobs (soak.py)."""
     from benchmarks.soak import measure_soak as soak
@@ -307,11 +315,15 @@ MEASUREMENTS: dict[str, Measurement] = {
     "drain_observed": measure_drain_observed,
     "pickup": measure_pickup,
     "growth": measure_growth,
+    "snapshot_drain": measure_snapshot_drain,
     "soak": measure_soak,
 }
 #: measurements run once whatever --repeat says (they take minutes), and on these targets unless
 #: --targets names others
-ONCE: dict[str, set[str]] = {"growth": {"sqlite-full", "redis"}, "soak": {"sqlite-full", "redis"}}
+ONCE: dict[str, set[str]] = {
+    "growth": {"sqlite-full", "redis", "postgresql"}, "snapshot_drain": {"postgresql"},
+    "soak": {"sqlite-full", "redis"},
+}
 #: what a run measures unless --only says otherwise: growth only in a plain run (no --targets, as
 #: `make bench` runs it), since it takes minutes; the soak only with --soak
 QUICK = [m for m in MEASUREMENTS if m not in ONCE]
@@ -446,9 +458,10 @@ def report(run: Run, p: Params, before: tuple[str, dict[str, Any]] | None) -> bo
 def growth_report(run: Run, p: Params) -> bool:
     """The growth and soak figures, empty store beside grown store; False if a goal was missed."""
     from benchmarks.growth import growth_rows
+    from benchmarks.pg_growth import snapshot_rows
     from benchmarks.soak import soak_rows
 
-    rows = {t: growth_rows(f) + soak_rows(f) for t, f in run.results.items()}
+    rows = {t: growth_rows(f) + snapshot_rows(f) + soak_rows(f) for t, f in run.results.items()}
     if not any(rows.values()):
         return True
     grown = any("store_finished" in f for f in run.results.values())
@@ -479,6 +492,8 @@ def main() -> int:
                              "for a quick check)")
     parser.add_argument("--growth-rounds", type=int, default=Params.growth_rounds,
                         help="timed calls of each growth figure")
+    parser.add_argument("--snapshot-seconds", type=float, default=Params.snapshot,
+                        help="PostgreSQL: seconds of churn with, and without, an old snapshot held")
     parser.add_argument("--soak", type=int, nargs="?", const=Params.soak, default=0, metavar="JOBS",
                         help=f"also measure one worker's RSS over JOBS jobs (default {Params.soak:,})")
     parser.add_argument("--jobs", type=int, default=Params.jobs, help="jobs to drain")
@@ -494,7 +509,7 @@ def main() -> int:
     args = parser.parse_args()
 
     every_target = args.targets != parser.get_default("targets")
-    default_only = QUICK if every_target else [*QUICK, "growth"]
+    default_only = QUICK if every_target else [*QUICK, "growth", "snapshot_drain"]
     only = args.only.split(",") if args.only is not None else list(default_only)
     if args.soak and "soak" not in only:
         only.append("soak")
@@ -505,6 +520,7 @@ def main() -> int:
         parser.error("--growth needs at least 2,000 jobs")
     p = Params(jobs=args.jobs, concurrency=args.concurrency, samples=args.samples, single=args.single,
                repeat=args.repeat, growth=args.growth, growth_rounds=args.growth_rounds,
+               snapshot=args.snapshot_seconds,
                soak=args.soak or Params.soak, worker_prefix=tuple(args.worker_prefix.split()))
     run = asyncio.run(run_all([TARGETS[t] for t in args.targets.split(",")], only, p,
                               every_target=every_target))

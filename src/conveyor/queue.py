@@ -228,14 +228,24 @@ class Queue:
         """Enqueue a registered task by name (prefer ``task.enqueue(...)``, which editors check)."""
         return await self.get_task(task).enqueue(*args, **kwargs)
 
-    async def enqueue_many(self, prepared: Sequence[Prepared[Any]]) -> list[Job[Any]]:
+    async def enqueue_many(
+        self, prepared: Sequence[Prepared[Any]], *, connection: object | None = None
+    ) -> list[Job[Any]]:
         """Store many validated jobs in one round trip (all or nothing); return their handles.
 
-        Build each with ``task.prepare(...)`` or ``task.options(...).prepare(...)``.
+        Build each with ``task.prepare(...)`` or ``task.options(...).prepare(...)``. With
+        ``connection=`` (a PostgreSQL queue only: a SQLAlchemy ``AsyncSession`` or
+        ``AsyncConnection``, an asyncpg or a psycopg 3 connection, its transaction open) the jobs
+        are written inside that transaction: they exist, and workers are woken, only if it commits.
         """
         for item in prepared:
             if item.task.queue is not self and self.tasks.get(item.task.name) is not item.task:
                 raise UnknownTask(f"task {item.task.name!r} is not registered on queue {self.name!r}")
+        if connection is not None:
+            # refused before anything is written, even for an empty batch
+            backend = await self._backend()
+            stored = await backend.enqueue_in(connection, [p.record for p in prepared])
+            return [Job(self, rec.id, p.task) for rec, p in zip(stored, prepared, strict=True)]
         if not prepared:
             return []
         records = [p.record for p in prepared]

@@ -7,7 +7,7 @@ import inspect
 import math
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -64,6 +64,8 @@ class Options:
     timeout: float | None = None
     retries: Retry | None = None
     meta: Mapping[str, str] | None = None
+    #: the application's connection whose open transaction the job is written in (PostgreSQL)
+    connection: object | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +128,11 @@ class Task(Generic[P, R]):
 
     def _check_key(self, template: str) -> None:
         names = set(self.signature.signature.parameters)
-        for field in _key_fields(template):
-            root = field.split(".")[0].split("[")[0]
+        for part in _key_fields(template):
+            root = part.split(".")[0].split("[")[0]
             if not root or root not in names:
                 raise ConfigError(
-                    f"task {self.name!r}: key template {template!r} names {field!r}, "
+                    f"task {self.name!r}: key template {template!r} names {part!r}, "
                     f"which is not one of its parameters {sorted(names)}"
                 )
 
@@ -139,11 +141,15 @@ class Task(Generic[P, R]):
         priority: int | None = None, key: str | None = None, unique: str | None = None,
         supersede: bool | None = None, timeout: float | timedelta | None = None,
         retries: Retry | int | None = None, meta: Mapping[str, str] | None = None,
+        connection: object | None = None,
     ) -> TaskCall[P, R]:
         """The same task with options for the next enqueue (delay, priority, key, unique, ...).
 
         ``meta`` is a small dict of str carried with the job (``ctx.meta`` in the task; see
         docs/observability.md); a wrong type or one past its limits is a :class:`BadMeta`.
+        ``connection=`` (PostgreSQL queues) writes the job inside the open transaction of the
+        application's connection (a SQLAlchemy ``AsyncSession``/``AsyncConnection``, asyncpg or
+        psycopg 3): it exists, and workers are woken, only if that transaction commits.
         """
         if delay is not None and at is not None:
             raise OptionError("give delay= or at=, not both")
@@ -160,6 +166,7 @@ class Task(Generic[P, R]):
             delay=seconds(delay, "delay"), at=at, priority=priority, key=key, unique=unique,
             supersede=supersede, timeout=seconds(timeout, "timeout", positive=True),
             retries=Retry.of(retries), meta=None if meta is None else check_meta(meta),
+            connection=connection,
         ))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
@@ -212,6 +219,14 @@ class TaskCall(Generic[P, R]):
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
         """Validate the call and build its job record."""
+        if self.opts.connection is not None:
+            raise OptionError(
+                "connection= belongs to the call that writes: for a batch, pass it to "
+                "queue.enqueue_many([...], connection=...)"
+            )
+        return self._prepare(*args, **kwargs)
+
+    def _prepare(self, *args: P.args, **kwargs: P.kwargs) -> Prepared[R]:
         task, opts = self.task, self.opts
         bound = task.signature.bind(args, kwargs)
         enc_args, enc_kwargs = task.signature.encode(bound, task.queue.settings.max_payload)
@@ -247,6 +262,6 @@ class TaskCall(Generic[P, R]):
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Store the job; return its handle."""
-        prepared = self.prepare(*args, **kwargs)
-        (job,) = await self.task.queue.enqueue_many([prepared])
+        prepared = self._prepare(*args, **kwargs)
+        (job,) = await self.task.queue.enqueue_many([prepared], connection=self.opts.connection)
         return job

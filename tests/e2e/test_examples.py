@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from postgres_server import ThrowawayDatabase
 
 from .servers import EXAMPLES, Server, poll, read_sse, serve
 
@@ -168,6 +169,28 @@ def test_welcome_email_is_retried_and_failures_stay_visible(tmp_path: Path) -> N
         assert client.post("/users", json={"email": "ada@example.com", "name": "A"}).status_code == 409
         stopped_cleanly(server)
     assert "MailRejected" in server.output(), "the failure is logged, not swallowed"
+
+
+def test_transactional_signup_stores_the_welcome_job_only_with_its_user(
+    tmp_path: Path, postgres_database: ThrowawayDatabase
+) -> None:
+    """A new user: one job, which the worker runs; a taken email: 409 and no job at all."""
+    env = {
+        "DATABASE_URL": postgres_database.url,
+        "CONVEYOR_URL": postgres_database.schema_url(poll="30"),  # only NOTIFY wakes it quickly
+    }
+    with serve("transactional_signup:app", app_dir=EXAMPLES, workdir=tmp_path, env=env) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as client:
+        ada = client.post("/users", json={"email": "ada@example.com", "name": "Ada"})
+        assert ada.status_code == 201, ada.text
+        record = wait_status(client, ada.json()["welcome_job"], TERMINAL, timeout=10)
+        assert record["status"] == "succeeded" and record["result"] == "ada@example.com"
+        taken = client.post("/users", json={"email": "ada@example.com", "name": "Other"})
+        assert taken.status_code == 409, taken.text
+        assert [j["id"] for j in client.get("/jobs").json()["items"]] == [record["id"]]
+        (user,) = client.get("/users").json()
+        assert user["name"] == "Ada" and user["welcomed_at"] is not None
+        stopped_cleanly(server)
 
 
 def test_progress_page_follows_the_conversion_over_sse(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from conveyor.errors import ConfigError
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
 
 __all__ = ["Ack", "Backend", "JobFilter", "Lease", "RenewResult", "worker_lost"]
@@ -137,6 +138,17 @@ class Backend(ABC):
         after a lost reply, or an id twice in one batch). ``supersede`` is applied before the new
         job is stored.
         """
+
+    async def enqueue_in(self, connection: object, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        """Store new jobs as ``enqueue`` does, inside the open transaction of ``connection``, a
+        connection of the application (``connection=``): they exist only once it commits.
+
+        Only backends that share the application's database can; the others raise ConfigError.
+        """
+        raise ConfigError(
+            f"connection= stores jobs inside your own database transaction, which only a "
+            f"PostgreSQL queue can; this queue is {self.safe_url}"
+        )
 
     @abstractmethod
     async def claim(

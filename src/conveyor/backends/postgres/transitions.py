@@ -122,6 +122,13 @@ class TransitionVerbs(PostgresCore):
             self._wake.set()  # a worker of this process need not wait for the NOTIFY
         return out
 
+    async def enqueue_in(self, connection: object, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        from conveyor.backends.postgres.caller import caller_fetch
+
+        fetch = caller_fetch(connection)  # checked before anything is written
+        # no local wake: workers are woken by the NOTIFY, delivered when the caller commits
+        return await enqueue_on(fetch, self.schema, jobs)
+
     async def complete(self, acks: Sequence[Ack]) -> list[bool]:
         if not acks:
             return []
