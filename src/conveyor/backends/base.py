@@ -43,7 +43,7 @@ from typing import Any
 from conveyor.errors import ConfigError
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
 
-__all__ = ["Ack", "Backend", "JobFilter", "Lease", "RenewResult", "worker_lost"]
+__all__ = ["Ack", "Backend", "JobFilter", "Lease", "RenewResult", "malformed_job", "worker_lost"]
 
 
 def worker_lost(times: int) -> ErrorInfo:
@@ -55,6 +55,15 @@ def worker_lost(times: int) -> ErrorInfo:
             "time it ran this job (a crash, an out-of-memory kill, or an event loop blocked past "
             "the lease); it is dead so it cannot take down more workers. Retry it by hand once fixed."
         ),
+        "traceback": "",
+    }
+
+
+def malformed_job(exc: Exception) -> ErrorInfo:
+    """The error stored on a claimed job whose stored record cannot be decoded."""
+    return {
+        "type": "MalformedJob",
+        "message": f"the stored job cannot be decoded: {type(exc).__name__}: {exc}",
         "traceback": "",
     }
 

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from conveyor.backends.base import Lease, RenewResult
+from conveyor.backends.base import Lease, RenewResult, malformed_job
 from conveyor.backends.postgres.core import PostgresCore
 from conveyor.backends.postgres.records import COLUMNS, record
 from conveyor.errors import BackendError
-from conveyor.model import ErrorInfo, JobRecord
+from conveyor.model import JobRecord
 
 __all__ = ["ClaimVerbs"]
 
@@ -39,11 +39,7 @@ class ClaimVerbs(PostgresCore):
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:
         """Fail a claimed job that cannot be decoded (a foreign writer), so it never spins."""
-        error: ErrorInfo = {
-            "type": "MalformedJob",
-            "message": f"the stored job cannot be decoded: {type(exc).__name__}: {exc}",
-            "traceback": "",
-        }
+        error = malformed_job(exc)
         with contextlib.suppress(BackendError):
             await self.fail(Lease(job_id, token), error, retry_at=None)
 

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Callable
 
 from conveyor.backends.base import Backend
+from conveyor.backends.latch import Latch
 from conveyor.backends.postgres.connection import Database
-from conveyor.backends.postgres.listener import Handler, Latch, Listener
+from conveyor.backends.postgres.listener import Handler, Listener
 from conveyor.backends.postgres.options import parse_url
 from conveyor.backends.postgres.schema import channels
 

@@ -1,4 +1,4 @@
-"""LISTEN/NOTIFY: one connection per backend that listens, and the latch idle workers wait on.
+"""LISTEN/NOTIFY: one connection per backend that listens (idle workers wait on a Latch it raises).
 
 The :class:`Listener` keeps a dedicated connection (not pooled: LISTEN is session state) on
 conveyor's channels. It checks the connection when it has been quiet for ``idle`` seconds, and
@@ -17,55 +17,16 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-__all__ = ["Handler", "Latch", "Listener"]
+__all__ = ["Handler", "Listener"]
 
 log = logging.getLogger("conveyor.postgres")
 
 Handler = Callable[[str], None]
 
 
-class Latch:
-    """A flag that stays set until a waiter takes it; waking costs one loop step."""
-
-    __slots__ = ("_flag", "_waiters", "count")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._waiters: set[asyncio.Future[None]] = set()
-        #: how many times it was set: a waiter compares it with what it saw before its look
-        self.count = 0
-
-    def set(self) -> None:
-        """Raise the flag and wake every waiter."""
-        self._flag = True
-        self.count += 1
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait_and_clear(self, timeout: float) -> None:
-        """Return once the flag is up (lowering it), or after ``timeout`` seconds."""
-        if not self._flag and timeout > 0:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(fut)
-            timer = loop.call_later(timeout, _settle, fut)
-            try:
-                await fut
-            finally:
-                timer.cancel()
-                self._waiters.discard(fut)
-        self._flag = False
-
-
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     """A callback that sets ``event`` (whatever it is called with)."""
     return lambda _: event.set()
-
-
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class Listener:

@@ -16,11 +16,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from conveyor.backends.base import Ack, Backend, JobFilter, Lease, RenewResult, worker_lost
+from conveyor.backends.base import (
+    Ack,
+    Backend,
+    JobFilter,
+    Lease,
+    RenewResult,
+    malformed_job,
+    worker_lost,
+)
+from conveyor.backends.latch import Latch
 from conveyor.backends.redis.clock import RedisClock, elapsed, shifted
 from conveyor.backends.redis.connection import Scripts, honour_cancel
 from conveyor.backends.redis.handoff import Confirmations, HandOffs
-from conveyor.backends.redis.listener import Handler, Latch, Listener
+from conveyor.backends.redis.listener import Handler, Listener
 from conveyor.backends.redis.records import FIELDS, dt, record, ts
 from conveyor.errors import BackendError, ConfigError, PayloadTooLarge
 from conveyor.model import ErrorInfo, Event, JobRecord, JobStatus
@@ -344,11 +353,7 @@ class RedisBackend(Backend):
 
     async def _quarantine(self, job_id: str, token: str, exc: Exception) -> None:
         """Fail a claimed job that cannot be decoded (a foreign writer), so it never spins."""
-        error: ErrorInfo = {
-            "type": "MalformedJob",
-            "message": f"the stored job cannot be decoded: {type(exc).__name__}: {exc}",
-            "traceback": "",
-        }
+        error = malformed_job(exc)
         await self.fail(Lease(job_id, token), error, retry_at=None)
 
     async def _listen_for_hand_outs(self, worker: str, queues: Sequence[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Push from Redis: one pub/sub connection per backend, and the latch idle workers wait on.
+"""Push from Redis: one pub/sub connection per backend (idle workers wait on a Latch it raises).
 
 The :class:`Listener` hands each message to the handlers of its channel, survives Redis going
 away (it reconnects with backoff and reports itself unhealthy meanwhile, so waiters poll), and
@@ -17,46 +17,11 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Handler", "Latch", "Listener"]
+__all__ = ["Handler", "Listener"]
 
 log = logging.getLogger("conveyor.redis")
 
 Handler = Callable[[str], None]
-
-
-class Latch:
-    """A flag that stays set until a waiter takes it; waking costs one loop step.
-
-    ``asyncio.wait_for(event.wait(), t)`` would wrap the wait in a task of its own; on the
-    pickup path every loop step counts.
-    """
-
-    __slots__ = ("_flag", "_waiters")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._waiters: set[asyncio.Future[None]] = set()
-
-    def set(self) -> None:
-        """Raise the flag and wake every waiter."""
-        self._flag = True
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait_and_clear(self, timeout: float) -> None:
-        """Return once the flag is up (lowering it), or after ``timeout`` seconds."""
-        if not self._flag:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(fut)
-            timer = loop.call_later(timeout, _settle, fut)
-            try:
-                await fut
-            finally:
-                timer.cancel()
-                self._waiters.discard(fut)
-        self._flag = False
 
 
 def _end_if_cancelled() -> None:
@@ -69,11 +34,6 @@ def _end_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class Listener:

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from conveyor.backends.base import Lease, RenewResult
+from conveyor.backends.base import Lease, RenewResult, malformed_job
 from conveyor.backends.sqlite.core import COLUMNS, SQLiteCore, record
 from conveyor.model import JobRecord
 from conveyor.serde import dump_json
@@ -100,11 +100,7 @@ class ClaimVerbs(SQLiteCore):
     @classmethod
     def _quarantine(cls, conn: sqlite3.Connection, now: float, job_id: str, exc: Exception) -> None:
         """Fail a stored job that cannot be read back, so it never blocks or spins a worker."""
-        error = {
-            "type": "MalformedJob",
-            "message": f"the stored job cannot be decoded: {type(exc).__name__}: {exc}",
-            "traceback": "",
-        }
+        error = malformed_job(exc)
         row = conn.execute(
             "UPDATE conveyor_jobs SET status = 'failed', finished_at = ?, error = ?, "
             "lease_token = NULL, lease_expires_at = NULL WHERE id = ? RETURNING queue, key",
