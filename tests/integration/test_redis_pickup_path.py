@@ -193,7 +193,7 @@ async def test_an_idle_worker_does_not_spin_while_another_of_its_process_is_busy
 
 
 async def test_the_worker_counts_as_idle_only_when_redis_registered_it(
-    url: str, producer: Queue
+    url: str, producer: Queue, wait_until: Any
 ) -> None:
     """A claim whose slots a hand-out in flight filled leaves the worker unregistered, and says so."""
     side = Queue(url)
@@ -205,7 +205,7 @@ async def test_the_worker_counts_as_idle_only_when_redis_registered_it(
         deliver = backend._hands.on_message
         backend._hands.on_message = lambda worker, data: held.append((worker, data))
         await producer.tasks["echo"].enqueue(1)  # handed to A; its message is held back
-        await asyncio.sleep(0.2)  # the held message: nothing to wait for but its delivery
+        await wait_until(lambda: held, message="the hand-out message arrived (held back)")
         run = backend._scripts.run
 
         async def claim_in_flight(name: str, *args: Any) -> Any:

@@ -418,7 +418,6 @@ class RedisBackend(Backend):
             return []
         # one JSON argument; each result rides inside as JSON text, stored byte for byte
         batch = dump_json([[ack.job_id, ack.token, dump_json(ack.result)] for ack in acks])
-        self._confirms.acked([ack.job_id for ack in acks])  # the script confirms hand-outs too
         reply = await self._run("complete", batch)
         if reply.pop() == 1:
             self._dirty = True  # a lane moved on: the next claim looks

@@ -159,12 +159,6 @@ class Confirmations:
             self._tasks.add(task)  # a strong reference until it is done
             task.add_done_callback(self._tasks.discard)
 
-    def acked(self, job_ids: Sequence[str]) -> None:
-        """These jobs' acks are on their way: the ack confirms them (complete.lua)."""
-        if self._pending:
-            for job_id in job_ids:
-                self._pending.pop(job_id, None)
-
     async def _flush(self) -> None:
         self._scheduled = False
         members, self._pending = list(self._pending.values()), {}
@@ -172,7 +166,7 @@ class Confirmations:
             await self._send(members)
 
     async def close(self) -> None:
-        """Stop confirming (what is pending was given back or acked)."""
+        """Stop confirming (what is pending was given back)."""
         tasks = list(self._tasks)  # each one's done callback leaves the set
         for task in tasks:
             task.cancel()

@@ -4,11 +4,8 @@
 -- became claimable (a lane moved on), else 0.
 local now = clock()
 local out = {}
-local confirmed = {}
 for i, ack in ipairs(cjson.decode(ARGV[3])) do
   local id = ack[1]
-  -- a handed job's ack is its hand-out's confirmation too (tokens of hand-outs hold an 'h')
-  if string.find(ack[2], 'h', 1, true) then confirmed[#confirmed + 1] = id .. '\n' .. ack[2] end
   local jk = jkey(id)
   local f = held(jk, ack[2])
   if f then
@@ -21,7 +18,6 @@ for i, ack in ipairs(cjson.decode(ARGV[3])) do
 end
 -- retention: as many expired jobs leave as jobs finish here, so the indexes stay bounded
 -- however fast jobs go through (recover() prunes too, for queues that went quiet)
-chunked('ZREM', P .. ':handing', confirmed)
 prune(now - RETENTION, #out + 8)
 out[#out + 1] = settle(now) and 1 or 0
 return out
