@@ -34,7 +34,7 @@ async def run_backend(backend: str, profile: Profile, directory: Path) -> Report
     return check_run(backend, directory, records)
 
 
-def short_profile(backend: str, seed: int = 7, seconds: float = 15.0) -> Profile:
+def short_profile(backend: str, seed: int = 7, seconds: float = 25.0) -> Profile:
     """The short profile ``make test`` runs: the ingredients of today's known defects left out.
 
     See ``test_chaos_short.py`` for which, and why; turn each back on once its fix is merged.

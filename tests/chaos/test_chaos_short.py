@@ -1,6 +1,6 @@
 """The short chaos profile, run by ``make test``: no promise broken under kills, stops and restarts.
 
-``make chaos`` runs the long profile (``python -m tests.chaos``); this one runs about 15 s of chaos
+``make chaos`` runs the long profile (``python -m tests.chaos``); this one runs about 25 s of chaos
 per backend (``python -m tests.chaos --short`` runs the same; PostgreSQL on a cluster of its own,
 restarted under load). The ingredients that break a defect known when it was written (issue 7) were
 left out there until their fixes were merged; one remains:
